@@ -1,0 +1,118 @@
+"""ShardDataModule: the one DDP-safe way this project turns shard directories into batches.
+
+Subclasses say how to decode a sample (`decode`), which bucket it belongs to (`bucket_key`:
+samples of one batch share it, e.g. the image size) and how to collate a bucket (`collate`).
+This class owns the rest: node/worker splitting, shuffling, bucketing, and the epoch length,
+which is the same number of batches on every rank (uneven batch counts hang DDP;
+REFERENCE.md pitfalls) and is set on the loader, not the dataset.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Hashable, Iterable, Iterator
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import webdataset as wds
+
+from datamodules.shards import make_stream, num_samples_in, shard_urls
+
+
+def bucket_batches(
+    samples: Iterable[Any],
+    batch_size: int,
+    key_fn,
+    collate,
+    flush_partial: bool,
+) -> Iterator[Any]:
+    """Group a stream into batches whose members share `key_fn(sample)`; a bucket is emitted
+    as soon as it holds `batch_size` samples. Partial buckets are emitted at the end of a
+    finite stream only when `flush_partial` (evaluation), never during training."""
+    buckets: dict[Hashable, list[Any]] = {}
+    for sample in samples:
+        bucket = buckets.setdefault(key_fn(sample), [])
+        bucket.append(sample)
+        if len(bucket) == batch_size:
+            yield collate(bucket)
+            bucket.clear()
+    if flush_partial:
+        for bucket in buckets.values():
+            if bucket:
+                yield collate(bucket)
+
+
+class ShardDataModule(pl.LightningDataModule):
+    def __init__(
+        self,
+        train_dir: str | None = None,
+        val_dir: str | None = None,
+        batch_size: int = 16,
+        val_batch_size: int | None = None,
+        num_workers: int = 0,
+        seed: int = 0,
+        shuffle_buffer: int = 256,
+    ):
+        super().__init__()
+        self.train_dir, self.val_dir = train_dir, val_dir
+        self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
+        self.num_workers, self.seed, self.shuffle_buffer = num_workers, seed, shuffle_buffer
+        self.skipped_counters: list = []
+
+    # --------------------------------------------------------------- subclass hooks
+    def decode(self, sample: dict[str, Any]) -> Any:
+        raise NotImplementedError
+
+    def bucket_key(self, item: Any) -> Hashable:
+        raise NotImplementedError
+
+    def collate(self, items: list[Any]) -> Any:
+        raise NotImplementedError
+
+    # --------------------------------------------------------------- plumbing
+    @property
+    def world_size(self) -> int:
+        if self.trainer is not None:
+            return self.trainer.world_size
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_world_size()
+        return int(os.environ.get("WORLD_SIZE", 1))  # set by torchrun/SLURM launchers before init
+
+    def batches_per_rank(self, directory: str, batch_size: int) -> int:
+        """Equal on every rank: the samples one rank would see in a pass, in whole batches."""
+        return max(1, num_samples_in(directory) // (self.world_size * batch_size))
+
+    def _loader(self, directory: str | None, batch_size: int, train: bool):
+        if directory is None:
+            raise ValueError(
+                f"{type(self).__name__} has no {'train_dir' if train else 'val_dir'}; set "
+                f"`data.init_args.{'train_dir' if train else 'val_dir'}` in the config"
+            )
+        urls = shard_urls(directory)
+        stream, counter = make_stream(
+            urls,
+            self.decode,
+            shuffle=train,
+            seed=self.seed + (self.trainer.current_epoch if self.trainer is not None else 0),
+            repeat=True,  # infinite per worker; the loader cuts equal epochs per rank
+            world_size=self.world_size,
+            num_workers=self.num_workers,
+            shuffle_buffer=self.shuffle_buffer,
+        )
+        self.skipped_counters.append(counter)
+        batched = stream.compose(
+            lambda src: bucket_batches(src, batch_size, self.bucket_key, self.collate, flush_partial=False)
+        )
+        loader = wds.WebLoader(batched, batch_size=None, num_workers=self.num_workers,
+                               persistent_workers=False)
+        return loader.with_epoch(self.batches_per_rank(directory, batch_size))
+
+    def train_dataloader(self):
+        return self._loader(self.train_dir, self.batch_size, train=True)
+
+    def val_dataloader(self):
+        return self._loader(self.val_dir, self.val_batch_size, train=False)
+
+    def skipped_samples(self) -> int:
+        """Corrupt samples skipped in this process (workers count their own and warn)."""
+        return sum(c.skipped for c in self.skipped_counters)

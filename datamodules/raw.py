@@ -1,0 +1,87 @@
+"""RawShardDataModule: images (+ Shapes label maps and captions) from raw shards, in
+resolution / aspect-ratio buckets. Used to train the tokenizer and by `pretokenize`."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from datamodules.base import ShardDataModule
+from datamodules.shards import decode_json, decode_png
+
+
+def _round_to(value: float, multiple: int) -> int:
+    return max(multiple, int(round(value / multiple)) * multiple)
+
+
+def decode_raw_sample(sample: dict[str, Any], resize_to: int | None = None, multiple_of: int = 1) -> dict[str, Any]:
+    """One raw shard sample -> tensors. `resize_to` (optional) rescales to about `resize_to`²
+    pixels keeping the aspect ratio, each side a multiple of `multiple_of` (the tokenizer patch)."""
+    image = decode_png(sample["png"])
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected an RGB image, got array of shape {image.shape}")
+    meta = decode_json(sample["json"]) if "json" in sample else {}
+    image_CHW = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div(127.5).sub(1.0)
+    h, w = image_CHW.shape[1:]
+    maps = {}
+    for key, name in (("cls.png", "class_map"), ("col.png", "color_map")):
+        maps[name] = torch.from_numpy(decode_png(sample[key]).astype(np.int64)) if key in sample else torch.zeros(h, w, dtype=torch.long)
+    if resize_to is not None or h % multiple_of or w % multiple_of:
+        scale = (resize_to * resize_to / (h * w)) ** 0.5 if resize_to is not None else 1.0
+        new_h, new_w = _round_to(h * scale, multiple_of), _round_to(w * scale, multiple_of)
+        if (new_h, new_w) != (h, w):
+            image_CHW = F.interpolate(image_CHW[None], size=(new_h, new_w), mode="bicubic",
+                                      align_corners=False, antialias=True)[0].clamp(-1, 1)
+            for name, label_HW in maps.items():
+                maps[name] = F.interpolate(label_HW[None, None].float(), size=(new_h, new_w), mode="nearest")[0, 0].long()
+    captions = meta.get("captions") or {}
+    text = meta.get("caption") or captions.get("short") or meta.get("prompt") or ""
+    return {"image": image_CHW, **maps, "text": text, "meta": meta, "key": sample.get("__key__")}
+
+
+def collate_raw(items: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "image": torch.stack([it["image"] for it in items]),
+        "class_map": torch.stack([it["class_map"] for it in items]),
+        "color_map": torch.stack([it["color_map"] for it in items]),
+        "text": [it["text"] for it in items],
+        "meta": [it["meta"] for it in items],
+        "key": [it["key"] for it in items],
+    }
+
+
+class RawShardDataModule(ShardDataModule):
+    """Batches {"image": B×3×H×W in [-1, 1], "class_map"/"color_map": B×H×W long, "text",
+    "meta", "key"}; every batch holds one (H, W) bucket.
+
+    Args:
+        train_dir / val_dir: shard directories written by `python main.py world`.
+        resize_to: optional nominal side: images are rescaled to about resize_to² pixels.
+        multiple_of: each side is rounded to a multiple of this (the tokenizer's patch).
+    """
+
+    def __init__(
+        self,
+        train_dir: str | None = None,
+        val_dir: str | None = None,
+        batch_size: int = 16,
+        val_batch_size: int | None = None,
+        num_workers: int = 0,
+        resize_to: int | None = None,
+        multiple_of: int = 1,
+        seed: int = 0,
+        shuffle_buffer: int = 256,
+    ):
+        super().__init__(train_dir, val_dir, batch_size, val_batch_size, num_workers, seed, shuffle_buffer)
+        self.resize_to, self.multiple_of = resize_to, multiple_of
+
+    def decode(self, sample):
+        return decode_raw_sample(sample, self.resize_to, self.multiple_of)
+
+    def bucket_key(self, item):
+        return tuple(item["image"].shape[1:])
+
+    def collate(self, items):
+        return collate_raw(items)

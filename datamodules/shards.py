@@ -1,0 +1,236 @@
+"""webdataset shards: writing (atomic, resumable, with a progress bar) and reading (DDP-safe
+splitting, corrupt-sample skipping with counts).
+
+Layout of a shard directory::
+
+    <dir>/shard-000000.tar ...     complete shards (written to .tmp, renamed when closed)
+    <dir>/index.json               {"shards": {name: num_samples}, "total": N, ...}
+
+Writers of every kind of data (world, pretokenize, interleaved) go through `write_shards`, readers
+through `shard_urls` + `ShardStream`, so resume, counting and splitting exist once.
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import random
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import webdataset as wds
+
+log = logging.getLogger(__name__)
+INDEX_FILE = "index.json"
+
+
+# ----------------------------------------------------------------------------- writing
+def _shard_name(prefix: str, number: int) -> str:
+    return f"{prefix}-{number:06d}.tar"
+
+
+def write_shard(path: Path, samples: Iterable[dict[str, Any]]) -> int:
+    """Write one shard atomically: a crash leaves a `.tmp` file, never a truncated `.tar`."""
+    tmp = path.with_suffix(".tar.tmp")
+    count = 0
+    with open(tmp, "wb") as stream:
+        writer = wds.TarWriter(stream, encoder=True)
+        for sample in samples:
+            writer.write(sample)
+            count += 1
+        writer.close()
+    os.replace(tmp, path)
+    return count
+
+
+@dataclass
+class ShardStats:
+    out_dir: str
+    shards_written: int = 0
+    shards_skipped: int = 0  # already complete from an earlier run (resume)
+    samples_written: int = 0
+    samples_skipped: int = 0  # producer returned None (e.g. corrupt input), counted, never silent
+    per_shard: dict[str, int] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        return (
+            f"{self.out_dir}: {self.shards_written} shards written, {self.shards_skipped} reused, "
+            f"{self.samples_written} samples, {self.samples_skipped} skipped"
+        )
+
+
+def write_shards(
+    make_sample: Callable[[int], dict[str, Any] | None],
+    num_samples: int,
+    out_dir: str | os.PathLike,
+    *,
+    prefix: str = "shard",
+    samples_per_shard: int = 1000,
+    description: str = "writing shards",
+    metadata: dict[str, Any] | None = None,
+) -> ShardStats:
+    """Write samples 0..num_samples-1 produced by `make_sample(i)` into shards of
+    `samples_per_shard`. Resumable: shards already complete on disk are skipped without
+    calling `make_sample` for their indices. `make_sample` returning None skips (and counts)
+    the sample. Writes `index.json` at the end."""
+    from rich.progress import Progress
+
+    if num_samples < 0 or samples_per_shard < 1:
+        raise ValueError(f"num_samples ({num_samples}) must be >= 0 and samples_per_shard ({samples_per_shard}) >= 1")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stats = ShardStats(out_dir=str(out))
+    index = read_index(out) if (out / INDEX_FILE).exists() else {"shards": {}}
+    num_shards = (num_samples + samples_per_shard - 1) // samples_per_shard
+    with Progress(transient=False) as progress:
+        task = progress.add_task(description, total=num_samples)
+        for number in range(num_shards):
+            name = _shard_name(prefix, number)
+            lo, hi = number * samples_per_shard, min(num_samples, (number + 1) * samples_per_shard)
+            if (out / name).exists() and name in index["shards"]:
+                stats.shards_skipped += 1
+                stats.per_shard[name] = index["shards"][name]
+                progress.advance(task, hi - lo)
+                continue
+
+            def produce(lo=lo, hi=hi) -> Iterator[dict[str, Any]]:
+                for i in range(lo, hi):
+                    sample = make_sample(i)
+                    progress.advance(task)
+                    if sample is None:
+                        stats.samples_skipped += 1
+                        continue
+                    sample.setdefault("__key__", f"{i:09d}")
+                    yield sample
+
+            count = write_shard(out / name, produce())
+            stats.shards_written += 1
+            stats.samples_written += count
+            stats.per_shard[name] = count
+            index["shards"][name] = count
+            _write_index(out, index, metadata)  # after every shard: a crash keeps finished shards usable
+    _write_index(out, index, metadata)
+    return stats
+
+
+def _write_index(out: Path, index: dict, metadata: dict[str, Any] | None) -> None:
+    index["total"] = int(sum(index["shards"].values()))
+    if metadata is not None:
+        index["metadata"] = metadata
+    tmp = out / (INDEX_FILE + ".tmp")
+    tmp.write_text(json.dumps(index, indent=1, sort_keys=True))
+    os.replace(tmp, out / INDEX_FILE)
+
+
+# ----------------------------------------------------------------------------- reading
+def read_index(directory: str | os.PathLike) -> dict[str, Any]:
+    path = Path(directory) / INDEX_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"shard index {path} not found; was this directory written by `main.py world` or `pretokenize`?")
+    return json.loads(path.read_text())
+
+
+def shard_urls(location: str | os.PathLike) -> list[str]:
+    """All complete `.tar` shards in a directory (sorted), or the files a glob names."""
+    path = Path(location)
+    if any(ch in str(location) for ch in "*?["):
+        urls = sorted(str(p) for p in Path().glob(str(location)))
+    elif path.is_dir():
+        urls = sorted(str(p) for p in path.glob("*.tar"))
+    else:
+        raise FileNotFoundError(
+            f"shard directory {path} does not exist; write it first, e.g. "
+            f"`python main.py world --out {path}`"
+        )
+    if not urls:
+        raise FileNotFoundError(f"no .tar shards found at {location}")
+    return urls
+
+
+def num_samples_in(location: str | os.PathLike) -> int:
+    """Sample count from index.json (exact), used to size epochs equally on every rank."""
+    return int(read_index(location)["total"])
+
+
+class CorruptSampleCounter:
+    """Skips samples whose decoding fails, warning once per sample and keeping a count (per
+    process; each dataloader worker counts its own)."""
+
+    def __init__(self, decode: Callable[[dict], Any]):
+        self.decode = decode
+        self.skipped = 0
+
+    def __call__(self, samples: Iterable[dict]) -> Iterator[Any]:
+        for sample in samples:
+            try:
+                yield self.decode(sample)
+            except Exception as err:  # noqa: BLE001 - any decode failure means a corrupt sample
+                self.skipped += 1
+                warnings.warn(
+                    f"skipped corrupt sample {sample.get('__key__')!r} from {sample.get('__url__')!r}: "
+                    f"{type(err).__name__}: {err} ({self.skipped} skipped so far in this process)",
+                    stacklevel=2,
+                )
+
+
+def _warn_and_count_tar_errors(exn: Exception) -> bool:
+    warnings.warn(f"skipped unreadable shard data: {type(exn).__name__}: {exn}", stacklevel=2)
+    return True
+
+
+def make_stream(
+    urls: list[str],
+    decode: Callable[[dict], Any],
+    *,
+    shuffle: bool,
+    seed: int,
+    repeat: bool,
+    world_size: int,
+    num_workers: int,
+    shuffle_buffer: int = 256,
+) -> tuple[wds.WebDataset, CorruptSampleCounter]:
+    """A webdataset pipeline split by node and by worker (REFERENCE.md pitfalls: the node
+    splitter must be passed explicitly). With fewer shards than ranks×workers the shard list is
+    repeated so every worker has data; epoch length is then fixed on the loader (`with_epoch`)
+    so every rank yields the same number of batches."""
+    needed = max(1, world_size) * max(1, num_workers)
+    if len(urls) < needed:
+        reps = (needed + len(urls) - 1) // len(urls)
+        log.warning("only %d shards for %d rank-workers; repeating the shard list %dx", len(urls), needed, reps)
+        urls = urls * reps
+    dataset = wds.WebDataset(
+        urls,
+        handler=_warn_and_count_tar_errors,
+        shardshuffle=(100 if shuffle else False),
+        detshuffle=shuffle,
+        seed=seed,
+        nodesplitter=wds.split_by_node,
+        workersplitter=wds.split_by_worker,
+        repeat=repeat,
+        empty_check=False,
+    )
+    if shuffle:
+        dataset = dataset.shuffle(shuffle_buffer, rng=random.Random(seed))
+    counter = CorruptSampleCounter(decode)
+    return dataset.compose(counter), counter
+
+
+# ----------------------------------------------------------------------------- decoding helpers
+def decode_png(data: bytes) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image)
+
+
+def decode_json(data: bytes) -> dict[str, Any]:
+    return json.loads(data)
+
+
+def decode_npy(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(data), allow_pickle=False)

@@ -1,0 +1,1 @@
+"""Unified next-scale AR model: config, vocabulary, decoder, sequence builder (issue 4)."""

@@ -1,0 +1,74 @@
+"""Text tokenizers for the unified vocabulary's text range (NF §3.1 extends Qwen2.5's).
+
+`ByteTokenizer` (default, no files): ids 0..255 are UTF-8 bytes. `HFTokenizer` reads a HF
+`tokenizer.json` from a local path with the `tokenizers` library (optional dependency).
+End-of-text and image markers are *unified-vocabulary* specials (modules/ar/vocab.py).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+
+class TextTokenizer(Protocol):
+    vocab_size: int
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: list[int]) -> str: ...
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as ids; undecodable byte runs become U+FFFD."""
+
+    vocab_size = 256
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids: list[int]) -> str:
+        return bytes(i for i in ids if 0 <= i < 256).decode("utf-8", errors="replace")
+
+
+class HFTokenizer:
+    """A `tokenizer.json` (e.g. Qwen2.5's) loaded from a local file or folder; never downloads."""
+
+    def __init__(self, path: str | Path, vocab_size: int | None = None):
+        p = Path(path)
+        if p.is_dir():
+            p = p / "tokenizer.json"
+        if not p.is_file():
+            raise FileNotFoundError(
+                f"HF tokenizer file not found at {p}; pass the local folder that holds tokenizer.json "
+                "(nothing is downloaded), or use the byte-level tokenizer (text_tokenizer: bytes)"
+            )
+        try:
+            from tokenizers import Tokenizer
+        except ImportError as e:
+            raise ImportError(
+                f"loading {p} needs the `tokenizers` package: pip install tokenizers "
+                "(or use the byte-level tokenizer)"
+            ) from e
+        self._tok = Tokenizer.from_file(str(p))
+        real = self._tok.get_vocab_size(with_added_tokens=True)
+        # Qwen2.5 pads the embedding table beyond the tokenizer (151665 -> 152064): the model's
+        # text range may be larger than the tokenizer, never smaller.
+        self.vocab_size = vocab_size or real
+        if self.vocab_size < real:
+            raise ValueError(f"text vocab_size {self.vocab_size} < tokenizer size {real} of {p}")
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self._tok.decode([i for i in ids if i < self.vocab_size])
+
+
+def build_text_tokenizer(kind: str = "bytes", path: str | None = None, vocab_size: int | None = None) -> TextTokenizer:
+    if kind == "bytes":
+        return ByteTokenizer()
+    if kind == "hf":
+        if path is None:
+            raise ValueError("text tokenizer kind 'hf' needs `path` to a local tokenizer.json or its folder")
+        return HFTokenizer(path, vocab_size)
+    raise ValueError(f"unknown text tokenizer kind {kind!r}; use 'bytes' or 'hf'")
