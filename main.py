@@ -23,6 +23,14 @@ LIGHTNING_COMMANDS = {
     "predict": "Run a module's predict loop",
 }
 # Project subcommands live in commands/<name>.py and are listed here in the order of the pipeline.
+# Modules whose LightningModules / LightningDataModules / callbacks configs may name by short class name.
+# (Listed here rather than imported by the package __init__s, so that `import datamodules.shapes`
+# stays light.)
+REGISTERED_CLASS_MODULES = (
+    "datamodules.raw", "datamodules.pretokenized_dm",
+    "modules.tokenizer", "modules.ar.module",
+    "callbacks.scale_dropping", "callbacks.curriculum",
+)
 PROJECT_COMMANDS = ("world", "pretokenize", "generate", "evaluate", "bench", "report", "sweep", "quickstart")
 
 
@@ -65,6 +73,9 @@ def run_project_command(name: str, argv: list[str]) -> int:
     from commands import UsageError
 
     module = importlib.import_module(f"commands.{name}")
+    params = list(inspect.signature(module.run).parameters.values())
+    if argv and not argv[0].startswith("-") and params and params[0].default is inspect.Parameter.empty:
+        argv = [f"--{params[0].name}", *argv]  # `main.py report runs/x` == `main.py report --path runs/x`
     try:
         CLI(module.run, args=argv, as_positional=False, parser_mode="omegaconf+", prog=f"main.py {name}")
     except UsageError as err:
@@ -77,8 +88,9 @@ def run_lightning(argv: list[str]) -> None:
     from lightning.pytorch import LightningDataModule, LightningModule
     from lightning.pytorch.cli import LightningCLI
 
-    import datamodules  # noqa: F401  (registers short class names for subclass mode)
-    import modules  # noqa: F401
+    # Subclass mode finds classes by short name only once their modules are imported.
+    for name in REGISTERED_CLASS_MODULES:
+        importlib.import_module(name)
 
     LightningCLI(
         LightningModule,

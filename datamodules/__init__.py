@@ -1,4 +1,2 @@
-"""LightningDataModules. Imported by main.py so configs can name them by short class name."""
-from datamodules.raw import RawShardDataModule
-
-__all__ = ["RawShardDataModule"]
+"""LightningDataModules and the data they read and write. main.py imports the datamodule
+modules it registers for short class names (REGISTERED_CLASS_MODULES); this package stays light."""

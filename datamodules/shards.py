@@ -225,7 +225,7 @@ def decode_png(data: bytes) -> np.ndarray:
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as image:
-        return np.asarray(image)
+        return np.array(image)  # a writable copy (torch.from_numpy warns on read-only arrays)
 
 
 def decode_json(data: bytes) -> dict[str, Any]:

@@ -64,10 +64,10 @@ def signed_distance(shape: str, xs: np.ndarray, ys: np.ndarray, cx: float, cy: f
     if shape == "circle":
         return np.hypot(xs - cx, ys - cy) - side / 2
     poly = UNIT_POLYGONS[shape] * side + np.array([cx, cy])
-    return _polygon_sdf(poly, xs, ys)
+    return polygon_sdf(poly, xs, ys)
 
 
-def _polygon_sdf(poly: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+def polygon_sdf(poly: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
     """Exact signed distance to a simple polygon: nearest edge distance, sign by even-odd rule."""
     px, py = np.broadcast_arrays(xs, ys)
     dist2 = np.full(px.shape, np.inf)
@@ -84,3 +84,31 @@ def _polygon_sdf(poly: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray
         inside ^= straddles & (px < x_cross)
     dist = np.sqrt(dist2)
     return np.where(inside, -dist, dist)
+
+
+RELATIONS = ("left of", "right of", "above", "below")
+
+
+def geneval_relations(box_a, box_b, threshold: float = 0.5, margin: float = 0.1) -> set[str]:
+    """Relations that hold for "A <relation> B" under GenEval's rule (REFERENCE.md, GenEval
+    protocol): offset = centre_A - centre_B, shrunk by margin * (dim_A + dim_B) per axis, divided by
+    the unshrunk offset's norm; "left of" if dx < -threshold etc. (y points down). GenEval uses
+    threshold 0.5; a larger threshold asks for the relation to hold *clearly*."""
+    a, b = np.asarray(box_a[:4], float), np.asarray(box_b[:4], float)
+    offset = (a[:2] + a[2:]) / 2 - (b[:2] + b[2:]) / 2
+    dims = np.abs(a[2:] - a[:2]) + np.abs(b[2:] - b[:2])
+    revised = np.maximum(np.abs(offset) - margin * dims, 0) * np.sign(offset)
+    norm = np.linalg.norm(offset)
+    if np.all(np.abs(revised) < 1e-3) or norm == 0:
+        return set()
+    dx, dy = revised / norm
+    held = set()
+    if dx < -threshold:
+        held.add("left of")
+    if dx > threshold:
+        held.add("right of")
+    if dy < -threshold:
+        held.add("above")
+    if dy > threshold:
+        held.add("below")
+    return held

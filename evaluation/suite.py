@@ -1,0 +1,165 @@
+"""The benchmark suite: GenEval, DPG, EditCanvas and understanding for one model, in one call.
+
+`run_suite(generator, out_dir, config)` asks a generator (anything with `text_to_image`,
+`edit`, `answer`) for images and answers, writes each benchmark's official layout under
+`out_dir`, scores it with the evaluators (which never know which model made the images) and
+writes one `metrics.json`. The evaluation callback (periodically during `fit`, on a prompt
+subset) and `python main.py validate` (the full suite) both call it; nothing else does.
+
+Layout written (what `main.py report` reads, evaluation/reporting.py):
+    out_dir/geneval/<00000>/metadata.jsonl, samples/0000.png ...; results.jsonl; summary.json
+    out_dir/dpg/<item_id>.png (2×2 grid, official), dpg_questions.csv, dpg_results.json
+    out_dir/editcanvas/<id>/{sample.json, source.png, target.png, result.png}; editcanvas_results.json
+    out_dir/understanding.json
+    out_dir/metrics.json          {"geneval": summary, "dpg": ..., "editcanvas": ..., "understanding": ...}
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+
+class Generator(Protocol):
+    def text_to_image(self, prompts: list[str], height: int, width: int, seed: int) -> list[np.ndarray]: ...
+    def edit(self, sources: list[np.ndarray], instructions: list[str], seed: int) -> list[np.ndarray]: ...
+    def answer(self, images: list[np.ndarray], questions: list[str]) -> list[str]: ...
+
+
+@dataclass
+class SuiteConfig:
+    """Sizes of each benchmark (a benchmark with 0 items is skipped).
+
+    geneval_prompts: GenEval-format jsonl (default: the world's 553 prompts); geneval_limit takes
+    every k-th prompt so that a subset keeps the six tags' proportions."""
+
+    geneval_prompts: str | None = None
+    geneval_limit: int | None = None
+    images_per_prompt: int = 4
+    dpg_prompts: int = 16
+    editcanvas_per_task: int = 2
+    understanding_scenes: int = 8
+    width: int = 64
+    height: int = 64
+    seed: int = 0
+
+
+def _subset(items: list, limit: int | None) -> list:
+    """Every k-th item: a small subset keeps the tag proportions of a sorted prompt file."""
+    if limit is None or limit >= len(items):
+        return items
+    stride = len(items) / limit
+    return [items[int(i * stride)] for i in range(limit)]
+
+
+def _in_chunks(fn, items: list, chunk: int) -> list:
+    out = []
+    for i in range(0, len(items), chunk):
+        out += fn(items[i:i + chunk])
+    return out
+
+
+def run_geneval(gen: Generator, out: Path, cfg: SuiteConfig) -> dict:
+    from datamodules.shapes.prompts import DEFAULT_PROMPTS_PATH
+    from evaluation.geneval import load_metadata, score_geneval, write_geneval_layout
+
+    metas = _subset(load_metadata(cfg.geneval_prompts or DEFAULT_PROMPTS_PATH), cfg.geneval_limit)
+    images = []
+    for i, meta in enumerate(metas):
+        images.append(gen.text_to_image([meta["prompt"]] * cfg.images_per_prompt, cfg.height, cfg.width,
+                                        seed=cfg.seed + i))
+    write_geneval_layout(out, metas, images)
+    return score_geneval(out, verbose=False).summary()
+
+
+def run_dpg(gen: Generator, out: Path, cfg: SuiteConfig) -> dict:
+    from datamodules.shapes.dpg import dpg_items, write_dpg_csv
+    from evaluation.dpg import DPGScorer, prompts_from_items, write_results
+    from evaluation.grids import image_grid
+    from evaluation.shapes_vqa import ShapesOracleVQA
+
+    items = dpg_items(cfg.dpg_prompts, seed=cfg.seed, width=cfg.width, height=cfg.height)
+    out.mkdir(parents=True, exist_ok=True)
+    write_dpg_csv(items, out / "dpg_questions.csv")
+    images = {}
+    for i, item in enumerate(items):
+        four = gen.text_to_image([item["prompt"]] * 4, cfg.height, cfg.width, seed=cfg.seed + 7919 + i)
+        images[item["item_id"]] = four
+        image_grid(four, ncols=2, pad=0).save(out / f"{item['item_id']}.png")  # official: a 2x2 grid
+    results = DPGScorer(ShapesOracleVQA()).score(images, prompts_from_items(items))
+    write_results(results, out)
+    return {k: v for k, v in results.items() if k != "prompts"}
+
+
+def run_editcanvas(gen: Generator, out: Path, cfg: SuiteConfig) -> dict:
+    from evaluation.editcanvas import EditCanvasScorer, sample_images, shapes_editcanvas_set, summary, \
+        write_results, write_sample_folder
+
+    samples = shapes_editcanvas_set(seed=cfg.seed, per_task=cfg.editcanvas_per_task, width=cfg.width,
+                                    height=cfg.height)
+    results: dict[str, np.ndarray] = {}
+    editing = [s for s in samples if s["kind"] == "editing"]
+    subject = [s for s in samples if s["kind"] != "editing"]
+    if editing:
+        edited = gen.edit([sample_images(s)["source"] for s in editing], [s["instruction"] for s in editing],
+                          seed=cfg.seed)
+        results.update({s["id"]: im for s, im in zip(editing, edited)})
+    if subject:  # subject-driven: the reference image is the "source", the prompt the instruction
+        made = gen.edit([sample_images(s)["source"] for s in subject], [s["prompt"] for s in subject],
+                        seed=cfg.seed + 1)
+        results.update({s["id"]: im for s, im in zip(subject, made)})
+    for s in samples:
+        write_sample_folder(out, s, results[s["id"]])
+    scored = EditCanvasScorer().score(samples, results)
+    write_results(scored, out)
+    return summary(scored)
+
+
+def run_understanding(gen: Generator, out: Path, cfg: SuiteConfig) -> dict:
+    from evaluation.understanding import score_understanding, understanding_items
+
+    items = understanding_items(cfg.understanding_scenes, seed=cfg.seed, width=cfg.width, height=cfg.height)
+    res = score_understanding(items, gen.answer)
+    out.write_text(json.dumps({k: v for k, v in res.items()}, indent=1, default=str))
+    return {k: v for k, v in res.items() if k not in ("records",)}
+
+
+def run_suite(gen: Generator, out_dir: str | Path, cfg: SuiteConfig | None = None,
+              extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run every benchmark whose size is > 0; returns and writes metrics.json."""
+    cfg = cfg or SuiteConfig()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics: dict[str, Any] = {"suite": asdict(cfg), **(extra or {})}
+    runs = [("geneval", run_geneval, cfg.geneval_limit != 0, out_dir / "geneval"),
+            ("dpg", run_dpg, cfg.dpg_prompts > 0, out_dir / "dpg"),
+            ("editcanvas", run_editcanvas, cfg.editcanvas_per_task > 0, out_dir / "editcanvas"),
+            ("understanding", run_understanding, cfg.understanding_scenes > 0, out_dir / "understanding.json")]
+    for name, fn, enabled, where in runs:
+        if not enabled:
+            continue
+        start = time.perf_counter()
+        metrics[name] = fn(gen, where, cfg)
+        metrics[name]["seconds"] = round(time.perf_counter() - start, 1)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, default=float))
+    return metrics
+
+
+def headline(metrics: dict[str, Any]) -> dict[str, float]:
+    """The scalar per benchmark that goes into logs and tables."""
+    out = {}
+    if "geneval" in metrics:
+        out["geneval/overall"] = float(metrics["geneval"]["overall"])
+        for task, score in metrics["geneval"].get("tasks", {}).items():
+            out[f"geneval/{task}"] = float(score)
+    if "dpg" in metrics:
+        out["dpg/score"] = float(metrics["dpg"]["dpg"])
+    if "editcanvas" in metrics:
+        out["editcanvas/overall"] = float(metrics["editcanvas"]["overall"])
+    if "understanding" in metrics:
+        out["understanding/overall"] = float(metrics["understanding"]["overall"])
+    return out
