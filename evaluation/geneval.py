@@ -42,6 +42,15 @@ def load_metadata(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def spread_subset(metadata_list: Sequence[dict], limit: int | None) -> list[dict]:
+    """`limit` prompts spread evenly over the file (every k-th line): a subset of a file sorted
+    by tag keeps all six tags in about their proportions."""
+    if limit is None or limit >= len(metadata_list):
+        return list(metadata_list)
+    stride = len(metadata_list) / limit
+    return [metadata_list[int(i * stride)] for i in range(limit)]
+
+
 def write_geneval_layout(out_dir: str | Path, metadata_list: Sequence[dict],
                          images_per_prompt: Sequence[Sequence[np.ndarray]]) -> Path:
     """Write prompts and their images in the official layout; returns out_dir."""
@@ -64,7 +73,7 @@ def render_ground_truth_layout(out_dir: str | Path, images_per_prompt: int = 4, 
     from datamodules.shapes.prompts import geneval_prompts, scene_for_prompt
     from datamodules.shapes.render import render
 
-    metas = geneval_prompts(seed=seed)[:limit]
+    metas = spread_subset(geneval_prompts(seed=seed), limit)
     rng = np.random.default_rng(seed)
     images = [[render(scene_for_prompt(m, rng, size, size), size, size).image for _ in range(images_per_prompt)]
               for m in metas]

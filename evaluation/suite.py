@@ -48,26 +48,11 @@ class SuiteConfig:
     seed: int = 0
 
 
-def _subset(items: list, limit: int | None) -> list:
-    """Every k-th item: a small subset keeps the tag proportions of a sorted prompt file."""
-    if limit is None or limit >= len(items):
-        return items
-    stride = len(items) / limit
-    return [items[int(i * stride)] for i in range(limit)]
-
-
-def _in_chunks(fn, items: list, chunk: int) -> list:
-    out = []
-    for i in range(0, len(items), chunk):
-        out += fn(items[i:i + chunk])
-    return out
-
-
 def run_geneval(gen: Generator, out: Path, cfg: SuiteConfig) -> dict:
     from datamodules.shapes.prompts import DEFAULT_PROMPTS_PATH
-    from evaluation.geneval import load_metadata, score_geneval, write_geneval_layout
+    from evaluation.geneval import load_metadata, score_geneval, spread_subset, write_geneval_layout
 
-    metas = _subset(load_metadata(cfg.geneval_prompts or DEFAULT_PROMPTS_PATH), cfg.geneval_limit)
+    metas = spread_subset(load_metadata(cfg.geneval_prompts or DEFAULT_PROMPTS_PATH), cfg.geneval_limit)
     images = []
     for i, meta in enumerate(metas):
         images.append(gen.text_to_image([meta["prompt"]] * cfg.images_per_prompt, cfg.height, cfg.width,

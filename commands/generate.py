@@ -1,0 +1,286 @@
+"""`python main.py generate`: images (GenEval layout), edits or text answers from an AR checkpoint."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from commands import UsageError
+from evaluation.grids import image_grid
+from modules.common.images import to_uint8
+
+PROMPT_KEYS = {"t2i": "prompt", "edit": "instruction", "i2t": "image"}
+
+
+# ---------------------------------------------------------------------------- prompt files
+def read_prompt_file(path: str | Path, task: str = "t2i") -> list[dict]:
+    """GenEval metadata jsonl (one JSON object per line) or plain text lines (one prompt per line;
+    for i2t: one image path per line). The format is detected from the first non-empty line."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise UsageError(f"prompt file not found at {p}; write prompts with `python main.py world --kind "
+                         "geneval` "
+                         "or pass a text file with one prompt per line")
+    text = p.read_text(encoding="utf-8")
+    lines = [(i, ln.strip()) for i, ln in enumerate(text.splitlines(), 1) if ln.strip()]
+    if not lines:
+        raise UsageError(f"prompt file {p} is empty")
+    key, is_json, out = PROMPT_KEYS[task], lines[0][1].startswith("{"), []
+    for no, ln in lines:
+        if is_json:
+            try:
+                d = json.loads(ln)
+            except json.JSONDecodeError as err:
+                raise UsageError(f"{p} line {no}: not valid JSON ({err.msg}); every line of a jsonl prompt "
+                                 "file must be one JSON object") from None
+            if not isinstance(d, dict) or key not in d:
+                raise UsageError(f"{p} line {no}: expected a JSON object with a {key!r} key for task "
+                                 f"{task!r}, got {ln[:80]!r}")
+            if task == "edit" and "source" not in d:
+                raise UsageError(f"{p} line {no}: an edit line needs 'source' (image path) and 'instruction'")
+            out.append(d)
+        else:
+            if ln.startswith("{"):
+                raise UsageError(f"{p} line {no}: looks like JSON but line {lines[0][0]} is plain text; use "
+                                 "one format per file (GenEval metadata jsonl or plain text lines)")
+            if task == "edit":
+                raise UsageError(f"{p} line {no}: edit prompts need jsonl lines "
+                                 "{'source': ..., 'instruction': ...}")
+            out.append({key: ln})
+    return out
+
+
+def load_sampling(sampling: dict | str | None):
+    """SamplingConfig from a YAML path (configs/sampling/*.yaml) or a mapping; unknown keys -> error."""
+    from modules.ar.sampler import SamplingConfig
+
+    if isinstance(sampling, str):
+        import yaml
+
+        sp = Path(sampling).expanduser()
+        if not sp.is_file():
+            raise UsageError(f"sampling config not found at {sp}; see configs/sampling/ for examples")
+        sampling = yaml.safe_load(sp.read_text()) or {}
+    try:
+        return SamplingConfig.from_dict(sampling)
+    except (ValueError, TypeError) as err:
+        raise UsageError(f"bad sampling config: {err}") from None
+
+
+# ---------------------------------------------------------------------------- atomic writes
+def _atomic_write(path: Path, write) -> None:
+    """write(tmp_path) then rename: an interrupted run never leaves a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_png(path: Path, image_HW3: np.ndarray) -> None:
+    from PIL import Image
+
+    _atomic_write(path, lambda tmp: Image.fromarray(image_HW3).save(tmp, format="PNG"))
+
+
+def save_text(path: Path, text: str) -> None:
+    _atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def encode_image(tokenizer, path: str, base: Path, schedule, patch: int, index: int):
+    """(schedule, per-scale codes (h, w)) of an image file; resized to `schedule`'s final grid
+    when given, else its own size (which must tile into whole tokens)."""
+    size = None if schedule is None else (schedule.final_grid[0] * patch, schedule.final_grid[1] * patch)
+    img = load_image(path, base, size)
+    try:
+        codes = tokenizer.encode(img.to(tokenizer.device))
+    except ValueError as err:
+        raise UsageError(f"prompt {index}, image {path}: {err}") from None
+    return codes.schedule, [t[0] for t in codes.targets]
+
+
+def load_image(path: str, base: Path, size: tuple[int, int] | None) -> torch.Tensor:
+    """An image file -> (1, 3, H, W) in [-1, 1] (resized to `size` = (H, W) when given)."""
+    from PIL import Image
+
+    p = Path(path) if Path(path).is_absolute() else base / path
+    if not p.is_file():
+        raise UsageError(f"image not found at {p} (paths in the prompt file are relative to the file)")
+    im = Image.open(p).convert("RGB")
+    if size is not None and im.size != (size[1], size[0]):
+        im = im.resize((size[1], size[0]), Image.BICUBIC)
+    return torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
+
+
+# ---------------------------------------------------------------------------- the command
+def run(
+    ckpt: str,
+    prompts: str,
+    out: str = "runs/generate",
+    task: Literal["t2i", "edit", "i2t"] = "t2i",
+    tokenizer_ckpt: str | None = None,
+    sampling: dict[str, Any] | str | None = None,
+    samples: int = 4,
+    batch_size: int = 8,
+    height: int = 64,
+    width: int = 64,
+    text_tokenizer: Literal["bytes", "hf"] = "bytes",
+    text_tokenizer_path: str | None = None,
+    limit: int | None = None,
+    device: str = "cpu",
+) -> dict:
+    """Generate images (GenEval layout), edits or text answers from an AR checkpoint.
+
+    t2i:  <out>/<00000>/metadata.jsonl, samples/0000.png ..., grid.png (official GenEval layout).
+          jsonl lines may carry "height"/"width" (pixels) for other aspect ratios.
+    edit: jsonl lines {"source": image path, "instruction": ...}: same layout + <out>/edits.jsonl.
+    i2t:  jsonl lines {"image": path, "question": optional} or image paths: <out>/answers.jsonl.
+    N = --samples images per prompt, generated --batch_size at a time (CFG doubles the rows).
+    Resumable: finished prompts are skipped; every file is written atomically; seeds depend only
+    on the sampling seed and the prompt index, so a resumed run reproduces the same images.
+
+    Args:
+        ckpt: AR checkpoint (ARModule Lightning checkpoint, or modules.ar.sampler.save_generator's).
+        prompts: GenEval metadata jsonl, or plain text lines (format detected from the first line).
+        out: output folder.
+        task: t2i, edit or i2t.
+        tokenizer_ckpt: TokenizerModule checkpoint (default: the one recorded in the AR checkpoint).
+        sampling: YAML file (configs/sampling/*.yaml) or mapping of SamplingConfig keys.
+        samples: images per prompt (GenEval: 4).
+        batch_size: images per sampling call.
+        height: default image height in pixels (a jsonl line's "height" overrides it).
+        width: default image width in pixels (a jsonl line's "width" overrides it).
+        text_tokenizer: bytes (default) or hf (a local tokenizer.json, `text_tokenizer_path`).
+        text_tokenizer_path: folder or file of the HF tokenizer.json.
+        limit: only the first `limit` prompts.
+        device: cpu or cuda.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from modules.ar.sampler import answer, edit_images, generate_images, load_generator
+    from modules.common.scale_schedule import ScaleSchedule
+    from modules.text.tokenizers import build_text_tokenizer
+
+    if samples < 1 or batch_size < 1:
+        raise UsageError(f"--samples and --batch_size must be >= 1, got {samples} and {batch_size}")
+    cfg = load_sampling(sampling)
+    items = read_prompt_file(prompts, task)[:limit]
+    base = Path(prompts).expanduser().resolve().parent
+    try:
+        model, meta = load_generator(ckpt, map_location=device, tokenizer_ckpt=tokenizer_ckpt)
+    except (FileNotFoundError, ValueError) as err:
+        raise UsageError(str(err)) from None
+    tok_path = tokenizer_ckpt or meta.get("tokenizer_ckpt")
+    if tok_path is None:
+        raise UsageError("no tokenizer checkpoint: pass --tokenizer_ckpt (the TokenizerModule checkpoint "
+                         "whose codebook the AR model was trained on)")
+    from modules.tokenizer import load_tokenizer
+
+    try:
+        tokenizer = load_tokenizer(tok_path, map_location=device)
+    except FileNotFoundError as err:
+        raise UsageError(str(err)) from None
+    if tokenizer.codebook_size != model.config.codebook_size:
+        raise UsageError(f"tokenizer {tok_path} has codebook_size {tokenizer.codebook_size} but the AR "
+                         f"checkpoint {ckpt} expects {model.config.codebook_size}; pass the tokenizer it was "
+                         "trained with")
+    text_tok = build_text_tokenizer(text_tokenizer, text_tokenizer_path, model.config.text_vocab_size)
+    patch, out_dir = tokenizer.patch, Path(out)
+
+    def schedule_of(item: dict, no: int) -> ScaleSchedule:
+        h, w = int(item.get("height", height)), int(item.get("width", width))
+        try:
+            return ScaleSchedule.for_image(h, w, patch)
+        except ValueError as err:
+            raise UsageError(f"prompt {no} ({h}x{w} px): {err}") from None
+
+    schedules = [schedule_of(it, i) for i, it in enumerate(items)]  # all sizes checked before any work
+    done = skipped = 0
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn()) as bar:
+        job = bar.add_task(f"generate {task}", total=len(items))
+        for i, (item, sch) in enumerate(zip(items, schedules)):
+            folder = out_dir / f"{i:05d}"
+            if _finished(folder, task, samples, out_dir, i):
+                skipped += 1
+                bar.advance(job)
+                continue
+            sized = "height" in item or "width" in item
+            with torch.no_grad():
+                if task == "i2t":
+                    src = encode_image(tokenizer, item["image"], base, sch if sized else None, patch, i)
+                    q = text_tok.encode(item.get("question", ""))
+                    ids = answer(model, [src], [q], dataclasses.replace(cfg, seed=cfg.seed + i))[0]
+                    row = {"index": i, **item, "answer": text_tok.decode(ids)}
+                    _append_jsonl(out_dir / "answers.jsonl", row)
+                else:
+                    codes = []
+                    src = None
+                    if task == "edit":
+                        src = encode_image(tokenizer, item["source"], base, None, patch, i)
+                    sch = sch if src is None or sized else src[0]
+                    for j in range(0, samples, batch_size):  # seed per (prompt, chunk): resumed runs agree
+                        cfg_ij = dataclasses.replace(cfg, seed=cfg.seed + i + 100_003 * (j // batch_size))
+                        n = min(batch_size, samples - j)
+                        if task == "t2i":
+                            cap = text_tok.encode(item["prompt"])
+                            codes += generate_images(model, [cap] * n, sch, cfg_ij)
+                        else:
+                            ins = text_tok.encode(item["instruction"])
+                            codes += edit_images(model, [src] * n, [ins] * n, sch, cfg_ij)
+                    maps = [torch.stack([c[k] for c in codes]) for k in range(sch.num_scales)]
+                    images = to_uint8(tokenizer.decode(maps, sch))
+                    _write_prompt_folder(folder, item, images)
+                    if task == "edit":
+                        _append_jsonl(out_dir / "edits.jsonl", {"index": i, **item, "samples": [
+                            str(folder / "samples" / f"{k:04d}.png") for k in range(samples)]})
+            done += 1
+            bar.advance(job)
+    return {"out": str(out_dir), "generated": done, "skipped": skipped}
+
+
+def _write_prompt_folder(folder: Path, item: dict, images: np.ndarray) -> None:
+    """Samples first, metadata.jsonl last: a folder with metadata is complete (GenEval layout)."""
+    for k, im in enumerate(images):
+        save_png(folder / "samples" / f"{k:04d}.png", im)
+    save_png(folder / "grid.png", np.asarray(image_grid(list(images), pad=2)))
+    save_text(folder / "metadata.jsonl", json.dumps(item) + "\n")
+
+
+def _finished(folder: Path, task: str, samples: int, out_dir: Path, index: int) -> bool:
+    if task == "i2t":
+        return index in _jsonl_indices(out_dir / "answers.jsonl")
+    if not (folder / "metadata.jsonl").is_file():
+        return False
+    done = all((folder / "samples" / f"{k:04d}.png").is_file() for k in range(samples))
+    return done and (task != "edit" or index in _jsonl_indices(out_dir / "edits.jsonl"))
+
+
+def _jsonl_indices(path: Path) -> set[int]:
+    if not path.is_file():
+        return set()
+    out = set()
+    for ln in path.read_text(encoding="utf-8").splitlines():
+        try:
+            out.add(int(json.loads(ln)["index"]))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            continue  # a line cut by an interruption: that item is redone
+    return out
+
+
+def _append_jsonl(path: Path, row: dict) -> None:
+    """Rewrite the file with the new row atomically (small files; no torn lines)."""
+    old = path.read_text(encoding="utf-8") if path.is_file() else ""
+    if old and not old.endswith("\n"):
+        old = old[: old.rfind("\n") + 1]
+    save_text(path, old + json.dumps(row) + "\n")
