@@ -29,7 +29,7 @@ LIGHTNING_COMMANDS = {
 REGISTERED_CLASS_MODULES = (
     "datamodules.raw", "datamodules.pretokenized_dm",
     "modules.tokenizer", "modules.ar.module",
-    "callbacks.scale_dropping", "callbacks.curriculum",
+    "callbacks.scale_dropping", "callbacks.curriculum", "callbacks.evaluation",
 )
 PROJECT_COMMANDS = ("world", "pretokenize", "generate", "evaluate", "bench", "report", "sweep", "quickstart")
 
@@ -74,7 +74,7 @@ def run_project_command(name: str, argv: list[str]) -> int:
 
     module = importlib.import_module(f"commands.{name}")
     params = list(inspect.signature(module.run).parameters.values())
-    if argv and not argv[0].startswith("-") and params and params[0].default is inspect.Parameter.empty:
+    if argv and not argv[0].startswith("-") and params:
         argv = [f"--{params[0].name}", *argv]  # `main.py report runs/x` == `main.py report --path runs/x`
     try:
         CLI(module.run, args=argv, as_positional=False, parser_mode="omegaconf+", prog=f"main.py {name}")

@@ -7,7 +7,7 @@ quickstart, a few M parameters) and "qwen2.5-7b" (the LLM of Qwen2.5-VL-7B, NF Â
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from modules.ar.vocab import DEFAULT_TASK_TOKENS, UnifiedVocab
@@ -78,10 +78,6 @@ class ARConfig:
         if name not in PRESETS:
             raise ValueError(f"unknown ARConfig preset {name!r}; known: {sorted(PRESETS)}")
         return cls(**{**PRESETS[name], "name": name, **overrides})
-
-    def with_(self, **overrides: Any) -> "ARConfig":
-        kw = {k: getattr(self, k) for k in self.__dataclass_fields__ if self.__dataclass_fields__[k].init}
-        return ARConfig(**{**kw, **overrides})
 
     def estimate_params(self) -> int:
         d, f, L = self.n_embd, self.intermediate_size, self.n_layer

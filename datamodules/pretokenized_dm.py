@@ -1,0 +1,95 @@
+"""PretokenizedDataModule: AR training batches from pretokenised shards (CONTRACTS.md).
+
+DDP-safety (node/worker split, equal batch counts per rank, epoch length on the loader) comes
+from `ShardDataModule`. Batches are lists of items that share a bucket — the final token grid
+(resolution / aspect ratio), the task and a sequence-length bin — so rows of one batch pad
+little. An item: {"task", "text_ids", "schedule", "targets", "inputs", "clean_targets", "key",
+"fingerprint", "codebook_size"}; `ARModule` turns items into sequences.
+
+Resolution curriculum: `train_dirs` maps a phase name (e.g. the resolution "64") to a shard
+directory; `set_phase` switches it (callbacks/curriculum.py calls it; the trainer must run with
+`reload_dataloaders_every_n_epochs=1` so the next epoch's loader reads the new directory).
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import torch
+
+from datamodules.base import ShardDataModule
+from datamodules.shards import decode_npy
+from modules.ar.sequence import split_scales
+from modules.common.scale_schedule import ScaleSchedule
+from modules.text import build_text_tokenizer
+
+
+def decode_pretokenized_item(sample: dict[str, Any], encode_text, *, variant: int | None,
+                             rng: np.random.Generator) -> dict[str, Any]:
+    meta = sample["json"] if isinstance(sample["json"], dict) else json.loads(sample["json"])
+    schedule = ScaleSchedule(tuple(tuple(int(x) for x in g) for g in meta["grids"]))
+    T = schedule.token_count
+    clean = decode_npy(sample["targets.npy"]).reshape(-1)
+    inputs = decode_npy(sample["inputs.npy"]).reshape(-1, T) if "inputs.npy" in sample else clean[None]
+    paired = decode_npy(sample["variant_targets.npy"]).reshape(-1, T) if "variant_targets.npy" in sample else clean[None]
+    v = int(rng.integers(len(inputs))) if variant is None else variant % len(inputs)
+
+    def maps(a):
+        return split_scales(torch.from_numpy(np.asarray(a).astype(np.int64)), schedule)
+
+    return {"task": meta.get("task", "t2i"), "text_ids": encode_text(meta.get("text", "")), "schedule": schedule,
+            "targets": maps(paired[v % len(paired)]), "inputs": maps(inputs[v]), "clean_targets": maps(clean),
+            "key": sample.get("__key__"), "fingerprint": meta.get("tokenizer_fingerprint"),
+            "codebook_size": meta.get("codebook_size")}
+
+
+class PretokenizedDataModule(ShardDataModule):
+    """Args:
+        train_dir / val_dir: pretokenised shard directories (`python main.py pretokenize`).
+        train_dirs: optional {phase: directory} for the resolution curriculum; `phase` picks the
+            starting one (default: the first).
+        text_tokenizer / text_tokenizer_path: "bytes" (default) or "hf" + a local tokenizer.json.
+        length_bin: sequence-length bucket width in tokens.
+        variant: self-corrected input row to use; None draws one per sample.
+    """
+
+    def __init__(self, train_dir: str | None = None, val_dir: str | None = None,
+                 train_dirs: dict[str, str] | None = None, phase: str | None = None, batch_size: int = 8,
+                 val_batch_size: int | None = None, num_workers: int = 0, text_tokenizer: str = "bytes",
+                 text_tokenizer_path: str | None = None, length_bin: int = 256, variant: int | None = None,
+                 seed: int = 0, shuffle_buffer: int = 256):
+        super().__init__(train_dir, val_dir, batch_size, val_batch_size, num_workers, seed, shuffle_buffer)
+        self.train_dirs = {str(k): v for k, v in (train_dirs or {}).items()}
+        self.length_bin, self.variant = length_bin, variant
+        self.text_tokenizer = build_text_tokenizer(text_tokenizer, text_tokenizer_path)
+        self.phase = None
+        if self.train_dirs:
+            self.set_phase(phase if phase is not None else next(iter(self.train_dirs)))
+        self._rng = np.random.default_rng(seed)
+
+    def set_phase(self, phase: str) -> None:
+        phase = str(phase)
+        if phase not in self.train_dirs:
+            raise ValueError(f"curriculum phase {phase!r} has no shard directory; train_dirs has {sorted(self.train_dirs)}")
+        self.phase, self.train_dir = phase, self.train_dirs[phase]
+
+    def decode(self, sample):
+        return decode_pretokenized_item(sample, self.text_tokenizer.encode, variant=self.variant, rng=self._rng)
+
+    def bucket_key(self, item):
+        length = len(item["text_ids"]) + item["schedule"].token_count
+        return item["schedule"].final_grid, item["task"], length // self.length_bin
+
+    def collate(self, items):
+        return list(items)
+
+    def val_dataloader(self):
+        return [] if self.val_dir is None else super().val_dataloader()  # no val_dir: no validation
+
+    def state_dict(self) -> dict:
+        return {"phase": self.phase}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("phase") is not None and self.train_dirs:
+            self.set_phase(state["phase"])

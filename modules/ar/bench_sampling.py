@@ -1,0 +1,225 @@
+"""Sampling benchmark: next-scale vs raster-scan AR on one randomly initialised model, in one run.
+
+    bench_sampling(preset="tiny", grids=(16, 32, 64))   # wired as `python main.py bench sampling`
+
+Prints (rich) wall time, forward passes and tokens/s of next-scale sampling (KV cache) and of
+the raster-scan baseline (the same model, one token per step over the final grid, KV cache) for
+each final grid, the speed ratios, next-scale with the KV cache on vs off, and FLOPs per image
+from the model config: next-scale vs raster vs an MMDiT of equal width and depth (and the same
+table for the Qwen2.5-7B shape at 64×64, the paper's 1024² setting; REFERENCE.md "Results":
+about 6× fewer FLOPs than an MMDiT at 1024²).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from modules.ar import tasks
+from modules.ar.config import ARConfig
+from modules.ar.decode_state import builder_for, prefill, stack_rows
+from modules.ar.model import ARDecoder
+from modules.ar.sampler import SamplingConfig, _drop_image, generate_images, sample_step
+from modules.ar.sequence import Tokens, boi_block
+from modules.common.rope import image_positions
+from modules.common.scale_schedule import ScaleSchedule
+
+
+# ---------------------------------------------------------------------------- raster-scan baseline
+@torch.no_grad()
+def sample_raster(model: ARDecoder, caption: list[int], height: int, width: int,
+                  cfg: SamplingConfig | None = None,
+                  stats: dict | None = None) -> torch.Tensor:
+    """Raster-scan AR baseline (benchmark only): the final height×width grid one token per step,
+    KV-cached. <boi> (a 1×1-schedule <boi> block) predicts token 0; token i's code embedding, at
+    grid cell i's 3D position, predicts token i+1. Same model, prefix and sampling step as
+    next-scale; the model was never trained this way, so only the speed is meaningful."""
+    cfg = cfg or SamplingConfig()
+    builder, V, c = builder_for(model), model.config.vocab, model.config
+    final = ScaleSchedule(((height, width),))
+    st, _ = prefill(model, builder, [_drop_image(tasks.t2i(V, caption, final, []))], [False], cfg.use_cache)
+    g = torch.Generator(device=st.device).manual_seed(cfg.seed)
+    p, D = st.next_t[0], builder.code_emb.shape[1]
+    logits = st.feed(stack_rows([boi_block(ScaleSchedule(((1, 1),)), p, V, D, c.rope_C)], st.next_block()))
+    pos_N3 = image_positions(height, width, p + 1, c.rope_C, device=st.device)
+    code_emb = model.code_emb
+    allowed, step = V.visual_mask().to(st.device), cfg.step(0, 1)
+    N = height * width
+    out = torch.empty(N, dtype=torch.long, device=st.device)
+    one = lambda v, dt=torch.long: torch.full((1, 1), v, dtype=dt, device=st.device)  # noqa: E731
+    for i in range(N):
+        idx = sample_step(logits[:, -1:], step, allowed, g)
+        out[i] = idx[0, 0] - V.visual_offset
+        if i == N - 1:
+            break
+        tok = Tokens(ids=one(V.pad), vis=code_emb[out[i]].view(1, 1, D), vis_mask=one(True, torch.bool),
+                     pos=pos_N3[i].view(1, 1, 3), block=one(st.next_block()), scale=one(1), nscales=one(1),
+                     target=one(-100), weight=one(0.0, torch.float32), sample=one(0))
+        logits = st.feed(tok)
+    if stats is not None:
+        stats["forwards"] = stats.get("forwards", 0) + st.forwards
+    return out.view(height, width)
+
+
+# ---------------------------------------------------------------------------- FLOPs (forward only)
+@dataclass
+class Flops:
+    linear: float
+    attention: float
+    head: float
+
+    @property
+    def total(self) -> float:
+        return self.linear + self.attention + self.head
+
+
+def _per_token_linear(c: ARConfig) -> float:
+    """2·MACs of q, k, v, o and the SwiGLU MLP per token per layer."""
+    d, hd = c.n_embd, c.head_size
+    qkvo = d * c.n_head * hd + 2 * d * c.n_query_groups * hd + c.n_head * hd * d
+    return 2.0 * (qkvo + 3 * d * c.intermediate_size)
+
+
+def _attention(c: ARConfig, pairs: float) -> float:
+    """QKᵀ and AV: 2·2·head_size FLOPs per (query, key) pair per head per layer."""
+    return 4.0 * c.head_size * c.n_head * c.n_layer * pairs
+
+
+def next_scale_flops(c: ARConfig, schedule: ScaleSchedule, prefix: int, cache: bool = True) -> Flops:
+    """Block s (a_s queries) attends to the prefix and all blocks <= s (C_s keys). With the
+    cache each token is processed once; without, every step reruns the whole sequence (dense
+    masked attention, all pairs computed). Head: logits of the current block only."""
+    C, acc, tokens, pairs = [], 0, 0.0, 0.0
+    for a in schedule.areas:
+        acc += a
+        C.append(acc)
+    for a, ck in zip(schedule.areas, C):
+        n_q = a if cache else prefix + ck
+        tokens += n_q
+        pairs += a * (prefix + ck) if cache else float(prefix + ck) ** 2
+    pairs += prefix * (prefix + 1) / 2
+    return Flops(c.n_layer * _per_token_linear(c) * (tokens + prefix), _attention(c, pairs),
+                 2.0 * c.n_embd * c.vocab_size * schedule.token_count)
+
+
+def raster_flops(c: ARConfig, n: int, prefix: int) -> Flops:
+    """n+1 single-token steps (<boi> then n−1 codes; the prefill of `prefix` tokens), causal."""
+    L = prefix + n
+    pairs = L * (L + 1) / 2
+    return Flops(c.n_layer * _per_token_linear(c) * L, _attention(c, pairs),
+                 2.0 * c.n_embd * c.vocab_size * n)
+
+
+def mmdit_flops(c: ARConfig, n_img: int, n_text: int = 77, steps: int = 28, cfg_batch: int = 1) -> Flops:
+    """MMDiT (SD3-style) of equal width and depth: per step, joint full attention over
+    n_img + n_text tokens, and each stream's own q/k/v/o + MLP weights per token (the same per-token
+    cost as our layer; adaLN modulation is per image, not per token, and ignored), for `steps`
+    denoising steps (SD3's default 28) times the CFG batch. Assumptions: latent tokens = our final
+    grid (16× downsampling both), 77 text tokens (CLIP length), no text encoder, no VAE."""
+    n = n_img + n_text
+    return Flops(steps * cfg_batch * c.n_layer * _per_token_linear(c) * n,
+                 steps * cfg_batch * _attention(c, float(n) ** 2),
+                 steps * cfg_batch * 2.0 * c.n_embd * 64 * n_img)  # final linear: 2×2 patch × 16 latent ch
+
+
+# ---------------------------------------------------------------------------- runs
+def _timed(fn, repeats: int = 1):
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        out = fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def bench_sampling(preset: str = "tiny", grids: tuple[int, ...] = (16, 32, 64),
+                   kv_off_grids: tuple[int, ...] = (16, 32), caption: str = "a photo of a red circle",
+                   mmdit_steps: int = 28, mmdit_text_tokens: int = 77, threads: int | None = 1, seed: int = 0,
+                   repeats: int = 2, device: str = "cpu", **overrides) -> dict:
+    """Run the benchmark and print the tables; returns the raw numbers. Wall times are the best
+    of `repeats` runs (raster at grids >= 64: one run); one intra-op thread by default, since the
+    two cores are shared (a second thread slows single-token steps down under load)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    model = ARDecoder(ARConfig.from_name(preset, **overrides)).eval()
+    c = model.config
+    codes_KD = torch.nn.functional.normalize(torch.randn(c.codebook_size, c.code_dim), dim=-1)
+    model.init_visual_from_codebook(codes_KD)
+    model.to(device)
+    cap = list(caption.encode())[: c.text_vocab_size]
+    cap = [min(i, c.text_vocab_size - 1) for i in cap]
+    prefix = 1 + len(cap)
+    cfg = SamplingConfig(seed=seed, top_k=0)
+    generate_images(model, [cap], ScaleSchedule.square(4), cfg)  # warm-up
+    rows, res = [], {"preset": preset, "threads": torch.get_num_threads(), "grids": {}}
+    for side in grids:
+        sch = ScaleSchedule.square(side)
+        s_ns, s_r = {}, {}
+        t_ns, _ = _timed(lambda: generate_images(model, [cap], sch, cfg, stats=s_ns), repeats)
+        r_repeats = 1 if side >= 64 else repeats
+        t_r, _ = _timed(lambda: sample_raster(model, cap, side, side, cfg, stats=s_r), r_repeats)
+        s_ns["forwards"] //= repeats
+        s_r["forwards"] //= r_repeats
+        r = {"next_scale_s": t_ns, "raster_s": t_r, "ratio": t_r / t_ns, "ns_forwards": s_ns["forwards"],
+             "raster_forwards": s_r["forwards"], "ns_tokens": sch.token_count, "raster_tokens": side * side}
+        if side in kv_off_grids:
+            s_off = {}
+            r["ns_nocache_s"], _ = _timed(lambda: generate_images(
+                model, [cap], sch, SamplingConfig(seed=seed, use_cache=False), stats=s_off), repeats)
+            r["kv_speedup"] = r["ns_nocache_s"] / t_ns
+        f_ns, f_r = next_scale_flops(c, sch, prefix), raster_flops(c, side * side, prefix)
+        f_mm = mmdit_flops(c, side * side, mmdit_text_tokens, mmdit_steps)
+        r.update(flops_ns=f_ns.total, flops_raster=f_r.total, flops_mmdit=f_mm.total,
+                 flops_ns_nocache=next_scale_flops(c, sch, prefix, cache=False).total)
+        res["grids"][side] = r
+        rows.append((side, r))
+    console = Console(width=150)
+    t = Table(title=f"Sampling speed, preset {preset!r} ({c.n_layer} layers, d={c.n_embd}, "
+                    f"{c.n_head} heads x {c.head_size}), random init, {torch.get_num_threads()} threads, "
+                    "batch 1, no CFG")
+    for col in ("final grid", "next-scale s", "fwd", "tok/s", "raster s", "fwd", "tok/s",
+                "raster / next-scale", "no-cache s", "KV speed-up"):
+        t.add_column(col, justify="right")
+    for side, r in rows:
+        t.add_row(f"{side}x{side}", f"{r['next_scale_s']:.3f}", str(r["ns_forwards"]),
+                  f"{r['ns_tokens'] / r['next_scale_s']:.0f}", f"{r['raster_s']:.2f}",
+                  str(r["raster_forwards"]),
+                  f"{r['raster_tokens'] / r['raster_s']:.0f}", f"{r['ratio']:.1f}x",
+                  f"{r['ns_nocache_s']:.2f}" if "ns_nocache_s" in r else "-",
+                  f"{r['kv_speedup']:.1f}x" if "kv_speedup" in r else "-")
+    console.print(t)
+    console.print("raster / next-scale: " + ", ".join(f"{s}x{s} {r['ratio']:.1f}x" for s, r in rows)
+                  + " (issue 5 target at 64x64: >= 25x)")
+    ft = Table(title=f"Forward FLOPs per image (MMDiT: {mmdit_steps} steps, {mmdit_text_tokens} text tokens, "
+                     "no CFG)")
+    for col in ("model", "grid", "next-scale", "next-scale no cache", "raster", "MMDiT",
+                "MMDiT / next-scale"):
+        ft.add_column(col, justify="right")
+    for side, r in rows:
+        ft.add_row(preset, f"{side}x{side}", f"{r['flops_ns']:.3g}", f"{r['flops_ns_nocache']:.3g}",
+                   f"{r['flops_raster']:.3g}", f"{r['flops_mmdit']:.3g}",
+                   f"{r['flops_mmdit'] / r['flops_ns']:.1f}x")
+    q = ARConfig.from_name("qwen2.5-7b")
+    sch = ScaleSchedule.square(64)
+    fq = (next_scale_flops(q, sch, prefix), next_scale_flops(q, sch, prefix, cache=False),
+          raster_flops(q, 4096, prefix), mmdit_flops(q, 4096, mmdit_text_tokens, mmdit_steps))
+    res["qwen7b_1024"] = {"next_scale": fq[0].total, "raster": fq[2].total, "mmdit": fq[3].total,
+                          "mmdit_over_ns": fq[3].total / fq[0].total}
+    ft.add_row("qwen2.5-7b", "64x64 (1024²)", *(f"{f.total:.3g}" for f in fq),
+               f"{fq[3].total / fq[0].total:.1f}x")
+    console.print(ft)
+    per_step = fq[3].total / mmdit_steps
+    ns = fq[0].total
+    console.print(f"qwen2.5-7b at 1024²: MMDiT / next-scale = {fq[3].total / ns:.1f}x at {mmdit_steps} MMDiT "
+                  f"steps, {18 * per_step / ns:.1f}x at 18, {50 * per_step / ns:.1f}x at 50 "
+                  "(REFERENCE.md: about 6x)")
+    return res

@@ -1,0 +1,69 @@
+"""ARGenerator: an AR decoder + its tokenizer seen as "prompts in, pixels / text out".
+
+This is the adapter the benchmark suite (evaluation/suite.py) talks to: it owns no sampling
+logic (modules/ar/sampler.py does) and no scoring (the evaluators do); it turns strings and
+uint8 images into token ids / codes and back.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+
+from modules.ar.sampler import SamplingConfig, answer, edit_images, generate_images
+from modules.common.images import from_uint8, to_uint8
+from modules.common.scale_schedule import ScaleSchedule
+from modules.text.tokenizers import ByteTokenizer
+
+
+class ARGenerator:
+    def __init__(self, model, tokenizer, text_tokenizer=None, sampling: SamplingConfig | None = None,
+                 batch_size: int = 8):
+        self.model, self.tokenizer = model, tokenizer
+        self.text = text_tokenizer or ByteTokenizer()
+        self.sampling = sampling or SamplingConfig()
+        self.batch_size = batch_size
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+    def _decode(self, codes: list[list[torch.Tensor]], schedule: ScaleSchedule) -> list[np.ndarray]:
+        maps = [torch.stack([c[k] for c in codes]) for k in range(schedule.num_scales)]
+        return list(to_uint8(self.tokenizer.decode(maps, schedule)))
+
+    @torch.no_grad()
+    def text_to_image(self, prompts: list[str], height: int, width: int, seed: int) -> list[np.ndarray]:
+        schedule = ScaleSchedule.for_image(height, width, self.tokenizer.patch)
+        out = []
+        for i in range(0, len(prompts), self.batch_size):
+            cfg = dataclasses.replace(self.sampling, seed=seed * 1_000_003 + i)
+            ids = [self.text.encode(p) for p in prompts[i:i + self.batch_size]]
+            out += self._decode(generate_images(self.model, ids, schedule, cfg), schedule)
+        return out
+
+    def _encode(self, images: list[np.ndarray]) -> list[tuple[ScaleSchedule, list[torch.Tensor]]]:
+        codes = self.tokenizer.encode(from_uint8(images, self.device))
+        return [(codes.schedule, [t[b] for t in codes.targets]) for b in range(len(images))]
+
+    @torch.no_grad()
+    def edit(self, sources: list[np.ndarray], instructions: list[str], seed: int) -> list[np.ndarray]:
+        out = []
+        for i in range(0, len(sources), self.batch_size):
+            src = self._encode(sources[i:i + self.batch_size])
+            cfg = dataclasses.replace(self.sampling, seed=seed * 1_000_003 + i)
+            ids = [self.text.encode(t) for t in instructions[i:i + self.batch_size]]
+            codes = edit_images(self.model, src, ids, None, cfg)
+            out += self._decode(codes, src[0][0])
+        return out
+
+    @torch.no_grad()
+    def answer(self, images: list[np.ndarray], questions: list[str]) -> list[str]:
+        cfg = dataclasses.replace(self.sampling, text_temperature=0.0)
+        out = []
+        for i in range(0, len(images), self.batch_size):
+            src = self._encode(images[i:i + self.batch_size])
+            ids = answer(self.model, src, [self.text.encode(q) for q in questions[i:i + self.batch_size]], cfg)
+            out += [self.text.decode(t) for t in ids]
+        return out

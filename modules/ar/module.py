@@ -1,0 +1,183 @@
+"""ARModule: Lightning glue around the unified decoder (NF §3–4).
+
+It wires the ARDecoder, the sequence builder (modules/ar/sequence.py: tokens, positions, blocks,
+weights) and the scale-aware fused loss (modules/ar/loss.py); hooks, logging and optimizers
+only. Batches come from `datamodules.pretokenized_dm.PretokenizedDataModule`: lists of items
+{"task", "text_ids", "schedule", "targets", "inputs", "key", "fingerprint"}; sequences are built
+here because the visual input features need the tokenizer's code embeddings, which the model
+owns (`ARDecoder.code_emb`).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+
+from modules.ar import tasks
+from modules.ar.config import ARConfig
+from modules.ar.loss import ar_loss
+from modules.ar.model import ARDecoder
+from modules.ar.sequence import SequenceBuilder, Tokens, collate
+from modules.common.attention_mask import FLEX_BLOCK, flex_block_mask
+
+
+class ARModule(pl.LightningModule):
+    """Args:
+        preset / overrides: ARConfig.from_name(preset, **overrides).
+        tokenizer_ckpt: TokenizerModule checkpoint; its code embeddings initialise the visual
+            connector and head rows, its fingerprint must match the shards'. None: random
+            l2-normalised codes (tests, smoke runs).
+        lm_weights: local Qwen2.5 / Qwen2.5-VL safetensors folder (modules/ar/qwen_weights.py).
+        alpha: scale-aware reweighting exponent (NF §4.3; 0 = off). The curriculum may change it.
+        cond_dropout: caption dropout for CFG. self_correct: use the shards' self-corrected input
+            variants (False: inputs = top-1 targets). pack_row_len: pack samples into rows.
+        attention: "sdpa" dense mask, "flex" flex_attention BlockMask (CUDA), "auto".
+    """
+
+    def __init__(self, preset: str = "tiny", overrides: dict[str, Any] | None = None,
+                 tokenizer_ckpt: str | None = None, lm_weights: str | None = None, alpha: float = 0.9,
+                 cond_dropout: float = 0.1, self_correct: bool = True, pack_row_len: int | None = None,
+                 attention: Literal["auto", "sdpa", "flex"] = "auto", fused_loss: bool = True,
+                 loss_backend: Literal["torch", "liger"] = "torch", lr: float = 3e-4, weight_decay: float = 0.05,
+                 betas: tuple[float, float] = (0.9, 0.95), warmup_steps: int = 100, seed: int = 0):
+        super().__init__()
+        self.save_hyperparameters()
+        overrides = dict(overrides or {})
+        code_emb, self.tokenizer_fingerprint = None, None
+        if tokenizer_ckpt is not None:
+            code_emb, self.tokenizer_fingerprint = self._load_codes(tokenizer_ckpt)
+            for key, val in (("codebook_size", code_emb.shape[0]), ("code_dim", code_emb.shape[1])):
+                if key in overrides and overrides[key] != val:
+                    raise ValueError(f"AR config {key}={overrides[key]} but tokenizer {tokenizer_ckpt} has {val}")
+                overrides[key] = val
+        self.config = ARConfig.from_name(preset, **overrides)
+        self.model = ARDecoder(self.config)
+        if lm_weights is not None:
+            from modules.ar.qwen_weights import load_qwen2_weights
+            load_qwen2_weights(self.model, lm_weights)
+        if code_emb is None:
+            g = torch.Generator().manual_seed(seed)
+            code_emb = torch.nn.functional.normalize(torch.randn(self.config.codebook_size, self.config.code_dim,
+                                                                 generator=g), dim=-1)
+        self.model.init_visual_from_codebook(code_emb)
+        self.alpha = alpha
+        self._gen = torch.Generator().manual_seed(seed)
+
+    @staticmethod
+    def _load_codes(path: str) -> tuple[torch.Tensor, str]:
+        from pathlib import Path
+
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"tokenizer checkpoint not found at {path}; train one with "
+                                    "`python main.py fit --config configs/experiment/tokenizer_shapes_stage1.yaml` first")
+        from commands.pretokenize import checkpoint_fingerprint
+        from modules.tokenizer import load_tokenizer
+
+        tok = load_tokenizer(path, map_location="cpu")
+        return tok.code_embeddings().detach().float().cpu(), checkpoint_fingerprint(path)
+
+    def setup(self, stage: str) -> None:
+        self._gen.manual_seed(self.hparams.seed + self.global_rank)  # condition dropout differs per rank
+
+    # ------------------------------------------------------------------ sequences
+    @property
+    def builder(self) -> SequenceBuilder:
+        c = self.config
+        return SequenceBuilder(c.vocab, self.model.code_emb.detach().float().cpu(), rope_C=c.rope_C,
+                               max_scales=c.max_scales, visual_inputs=c.visual_inputs, upsample=c.upsample_mode,
+                               alpha=self.alpha, cond_dropout=self.hparams.cond_dropout if self.training else 0.0,
+                               max_len=c.block_size)
+
+    def segments(self, item: dict) -> list:
+        c, vocab = self.config, self.config.vocab
+        fp = item.get("fingerprint")
+        if self.tokenizer_fingerprint and fp and fp != self.tokenizer_fingerprint:
+            raise ValueError(f"shard sample {item.get('key')} was pretokenised by tokenizer {fp} but the AR model uses "
+                             f"{self.tokenizer_fingerprint}; re-run pretokenize with {self.hparams.tokenizer_ckpt}")
+        if (item.get("codebook_size") or c.codebook_size) != c.codebook_size:
+            raise ValueError(f"shard sample {item.get('key')} has codebook_size {item['codebook_size']} but the AR "
+                             f"model expects {c.codebook_size}")
+        text = list(item["text_ids"])
+        if text and max(text) >= c.text_vocab_size:
+            raise ValueError(f"text id {max(text)} >= text_vocab_size {c.text_vocab_size}: text tokenizer and AR "
+                             "config disagree")
+        inputs = item.get("inputs") if self.hparams.self_correct else None
+        targets = item["targets"] if inputs is not None else item.get("clean_targets", item["targets"])
+        if item["task"] == "t2i":
+            return tasks.t2i(vocab, text, item["schedule"], targets, inputs)
+        if item["task"] == "i2t":
+            return tasks.i2t(vocab, item["schedule"], item.get("clean_targets", targets), text)
+        raise ValueError(f"unknown task {item['task']!r} in batch item {item.get('key')}")
+
+    def make_batch(self, items: list[dict]) -> Tokens:
+        b = self.builder
+        samples = [b.build(self.segments(it), generator=self._gen) for it in items]
+        mult = FLEX_BLOCK if self._use_flex() else 1
+        return collate(samples, row_len=self.hparams.pack_row_len, pad_to_multiple=mult,
+                       pad_id=self.config.vocab.pad).to(self.device)
+
+    def _use_flex(self) -> bool:
+        a = self.hparams.attention
+        return a == "flex" or (a == "auto" and self.device.type == "cuda")
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx):
+        return batch  # items stay on CPU; make_batch moves the built tokens
+
+    # ------------------------------------------------------------------ steps
+    def compute_loss(self, items: list[dict]) -> dict:
+        """ar_loss's dict for a batch of items, plus "tokens" (B, L) built for it."""
+        tok = self.make_batch(items)
+        mask = flex_block_mask(tok.block, tok.sample) if self._use_flex() else tok.mask()
+        out = ar_loss(self.model, tok, mask=mask, fused=self.hparams.fused_loss, backend=self.hparams.loss_backend)
+        return {**out, "tokens": tok}
+
+    def _step(self, items: list[dict], stage: str) -> torch.Tensor:
+        out = self.compute_loss(items)
+        tok = out["tokens"]
+        bs = tok.ids.shape[0]
+        self.log(f"{stage}/loss", out["loss"].detach(), prog_bar=True, batch_size=bs, sync_dist=stage != "train")
+        for key in ("text_loss", "vision_loss"):
+            if not math.isnan(float(out[key])):
+                self.log(f"{stage}/{key}", out[key], batch_size=bs, sync_dist=stage != "train")
+        for s, v in out["scale_loss"].items():
+            self.log(f"{stage}/scale_{s:02d}_loss", v, batch_size=bs, sync_dist=stage != "train")
+        if stage == "train":
+            self.log("train/tokens", float((tok.sample >= 0).sum()), reduce_fx="sum", batch_size=bs)
+            self.log("train/alpha", float(self.alpha), batch_size=bs)
+        return out["loss"]
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        return self._step(batch, "val")
+
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for n, p in self.model.named_parameters():
+            if p.requires_grad:
+                (decay if p.ndim >= 2 and "wte" not in n and "table" not in n else no_decay).append(p)
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": self.hparams.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}], lr=self.hparams.lr,
+                                betas=tuple(self.hparams.betas))
+        warm = max(1, self.hparams.warmup_steps)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warm))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        c = self.config
+        checkpoint["ar_vocab"] = {"text_vocab_size": c.text_vocab_size, "codebook_size": c.codebook_size,
+                                  "vocab_size": c.vocab_size}
+        checkpoint["ar_alpha"] = self.alpha
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        c, saved = self.config, checkpoint.get("ar_vocab")
+        if saved:
+            for key in ("text_vocab_size", "codebook_size", "vocab_size"):
+                if saved[key] != getattr(c, key):
+                    raise ValueError(f"checkpoint has {key}={saved[key]} but the AR config has {getattr(c, key)}; "
+                                     "use the config the checkpoint was trained with")
+        self.alpha = checkpoint.get("ar_alpha", self.alpha)

@@ -1,0 +1,377 @@
+"""KV-cached generation for the unified decoder: images scale by scale, text token by token.
+
+One place owns the sampling step (`sample_step`): restrict to a modality, classifier-free
+guidance, temperature, top-k, top-p, multinomial with a torch.Generator (VAR's order:
+REFERENCE.md "Sampling details": top-k then top-p then multinomial). Everything a step feeds is
+built by the sequence builder's own functions (modules/ar/tasks.py segments for prefixes,
+`boi_block` / `scale_block` / `scale_input_features` for image blocks), so generation sees exactly
+the tokens, 3D positions and scale embeddings training saw; attention follows the training rule
+(`block_causal_mask`) against the KV cache, and a chunk that is one block on an all-valid cache
+runs unmasked (VAR: at inference the cache holds earlier scales; queries = the current scale).
+
+CFG: the unconditional rows (the prefix built with `drop_cond=True`, the way training drops the
+condition) run alongside in the same batch; sampled codes are fed to both halves. Guidance
+t_s is constant or VAR's linear ramp t_s = g·s/(K−1), logits = (1+t)·cond − t·uncond (VAR),
+and is switched off from `guidance_off_from` on (the unconditional rows are then dropped).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal, Sequence
+
+import torch
+
+from modules.ar import tasks
+from modules.ar.decode_state import DecodeState, builder_for, prefill, stack_rows
+from modules.ar.model import ARDecoder
+from modules.ar.sequence import (ImageSeg, SequenceBuilder, TextSeg, boi_block, scale_block,
+                                 scale_input_features)
+from modules.common.rope import text_positions
+from modules.common.scale_schedule import ScaleSchedule
+
+PerScale = float | list[float]
+
+
+@dataclass(frozen=True)
+class StepConfig:
+    guidance: float = 0.0
+    temperature: float = 1.0
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1 = off
+
+
+@dataclass
+class SamplingConfig:
+    """Sampling settings. Per-scale fields take one value or a list (one per scale; the last
+    value repeats for finer scales). Unknown keys in `from_dict` raise, naming the key."""
+
+    guidance: float = 0.0  # CFG scale g; 0 = no unconditional rows
+    guidance_schedule: Literal["constant", "linear"] = "linear"  # VAR: linear ramp 0 -> g
+    guidance_off_from: int | None = None  # 0-based scale index from which guidance is off
+    temperature: PerScale = 1.0
+    top_k: int | list[int] = 0
+    top_p: PerScale = 1.0
+    text_temperature: float = 1.0
+    text_top_k: int = 0
+    text_top_p: float = 1.0
+    max_text_tokens: int = 64
+    seed: int = 0
+    use_cache: bool = True
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> "SamplingConfig":
+        d = dict(d or {})
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(d) - set(known))
+        if unknown:
+            raise ValueError(f"unknown sampling key(s) {unknown}; known keys: {known}")
+        if d.get("guidance_schedule", "linear") not in ("constant", "linear"):
+            raise ValueError(f"guidance_schedule must be 'constant' or 'linear', "
+                             f"got {d['guidance_schedule']!r}")
+        return cls(**d)
+
+    @staticmethod
+    def _at(v, s: int):
+        if isinstance(v, (list, tuple)):
+            if not v:
+                raise ValueError("a per-scale sampling list must not be empty")
+            return v[min(s, len(v) - 1)]
+        return v
+
+    def guidance_at(self, s: int, num_scales: int) -> float:
+        if self.guidance == 0 or (self.guidance_off_from is not None and s >= self.guidance_off_from):
+            return 0.0
+        if self.guidance_schedule == "constant":
+            return float(self.guidance)
+        return float(self.guidance) * s / max(num_scales - 1, 1)  # VAR: t = cfg · si/(K−1)
+
+    def step(self, s: int, num_scales: int) -> StepConfig:
+        return StepConfig(self.guidance_at(s, num_scales), float(self._at(self.temperature, s)),
+                          int(self._at(self.top_k, s)), float(self._at(self.top_p, s)))
+
+    def text_step(self) -> StepConfig:
+        return StepConfig(0.0, self.text_temperature, self.text_top_k, self.text_top_p)
+
+
+def sample_step(logits_BlV: torch.Tensor, step: StepConfig, allowed_V: torch.Tensor | None = None,
+                generator: torch.Generator | None = None,
+                uncond_BlV: torch.Tensor | None = None) -> torch.Tensor:
+    """The sampling step: logits of the current step -> ids (B, l). CFG combine (VAR:
+    (1+t)·cond − t·uncond), vocabulary restriction, temperature, top-k, top-p, multinomial.
+    temperature 0 or top_k 1 is greedy (argmax)."""
+    x = logits_BlV.float()
+    if uncond_BlV is not None and step.guidance != 0:
+        x = (1 + step.guidance) * x - step.guidance * uncond_BlV.float()
+    if allowed_V is not None:
+        x = x.masked_fill(~allowed_V.to(x.device), float("-inf"))
+    if step.temperature <= 0 or step.top_k == 1:
+        return x.argmax(-1)
+    x = x / step.temperature
+    V = x.shape[-1]
+    if 0 < step.top_k < V:
+        kth = x.topk(step.top_k, dim=-1).values[..., -1:]
+        x = x.masked_fill(x < kth, float("-inf"))
+    if step.top_p < 1.0:
+        srt, order = x.sort(-1, descending=True)
+        p = srt.softmax(-1)
+        drop = (p.cumsum(-1) - p) > step.top_p  # keeps the smallest prefix reaching top_p (>= 1 token)
+        x = x.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    # multinomial by inverse CDF (one uniform per row; faster than torch.multinomial on CPU)
+    cdf = x.softmax(-1).reshape(-1, V).cumsum(-1)
+    u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device, dtype=cdf.dtype) * cdf[:, -1:]
+    idx = torch.searchsorted(cdf, u, right=True)
+    last = V - 1 - (x.reshape(-1, V) > float("-inf")).flip(-1).float().argmax(-1, keepdim=True)
+    return torch.minimum(idx, last).view(x.shape[:-1])
+
+
+def block_features(builder: SequenceBuilder, codes: list[torch.Tensor], schedule: ScaleSchedule,
+                   s: int) -> torch.Tensor:
+    """(B, h_s·w_s, D) input features of image block s (1..K−1; K = the closing block) from the
+    codes sampled so far (per scale (B, h, w)), computed by the builder's `scale_input_features`.
+    Residual inputs read only scale s−1, so the builder runs on the two-scale schedule
+    (grid s−1, grid s); accumulated inputs need the final grid, so the builder runs on the whole
+    schedule with not-yet-sampled scales zero-filled (block s reads scales < s only)."""
+    K, out = schedule.num_scales, []
+    for b in range(codes[0].shape[0]):
+        if builder.visual_inputs == "residual":
+            sub = ScaleSchedule(schedule.grids[s - 1:s + 1])
+            pad = [torch.zeros(schedule.grids[s], dtype=torch.long)] if s < K else []  # never read
+            feats = scale_input_features(builder.code_emb, [codes[s - 1][b].cpu(), *pad], sub, "residual",
+                                         builder.upsample, closing=s == K)
+        else:
+            sub = schedule
+            full = [codes[k][b].cpu() if k < len(codes) else torch.zeros(g, dtype=torch.long)
+                    for k, g in enumerate(schedule.grids)]
+            feats = scale_input_features(builder.code_emb, full, sub, builder.visual_inputs, builder.upsample,
+                                         closing=s == K)
+        out.append(feats[-1] if builder.visual_inputs == "residual" else feats[s - 1])
+    return torch.stack(out)
+
+
+@torch.no_grad()
+def sample_image(st: DecodeState, builder: SequenceBuilder, schedule: ScaleSchedule, cfg: SamplingConfig,
+                 generator: torch.Generator | None, n_cond: int, close: bool = False) -> list[torch.Tensor]:
+    """Scale by scale on top of `st` (rows [0, n_cond) conditional, the rest unconditional).
+    Returns per-scale codes (n_cond, h, w). `close` feeds the closing block and <eoi> after."""
+    V, C, K = builder.vocab, builder.rope_C, schedule.num_scales
+    D = builder.code_emb.shape[1]
+    allowed = V.visual_mask().to(st.device)
+    p_B = list(st.next_t)
+    codes: list[torch.Tensor] = []
+    for s in range(K):
+        if s == 0:  # NF: the first scale is predicted from the <boi> position
+            rows = [boi_block(schedule, p, V, D, C) for p in p_B]
+        else:
+            feats = block_features(builder, codes, schedule, s)
+            rows = [scale_block(schedule, s, p, feats[b % n_cond], V, C, builder.max_scales)
+                    for b, p in enumerate(p_B)]
+        logits = st.feed(stack_rows(rows, st.next_block()))
+        step = cfg.step(s, K)
+        uncond = logits[n_cond:] if len(p_B) > n_cond else None
+        idx = sample_step(logits[:n_cond], step, allowed, generator, uncond)
+        codes.append((idx - V.visual_offset).view(n_cond, *schedule.grids[s]))
+        if len(p_B) > n_cond and all(cfg.guidance_at(r, K) == 0 for r in range(s + 1, K)):
+            st.keep_rows(n_cond)  # guidance is off for every remaining scale
+            p_B = p_B[:n_cond]
+    st.next_t = [p + K for p in p_B]
+    if close:  # closing block (the finest scale's own codes) + <eoi>, as the builder lays it out
+        feats = block_features(builder, codes, schedule, K)
+        st.feed(stack_rows([scale_block(schedule, K, p, feats[b % n_cond], V, C, builder.max_scales)
+                        for b, p in enumerate(p_B)], st.next_block()))
+        feed_text(st, torch.full((len(p_B),), V.eoi), [p + K + 1 for p in p_B], builder)
+        st.next_t = [p + K + 2 for p in p_B]
+    return codes
+
+
+def feed_text(st: DecodeState, ids_B: torch.Tensor, t_B: list[int], builder: SequenceBuilder) -> torch.Tensor:
+    """One text/special token per row at sequence position t_B (its own block) -> logits (B, V).
+    The token's fields come from the builder (a one-token text segment), moved to position t."""
+    one = builder.build([TextSeg([builder.vocab.pad])], drop_cond=False)
+    tok = stack_rows([one] * len(t_B), st.next_block())
+    tok.ids = ids_B.view(-1, 1).to(tok.ids)
+    t_B11 = torch.tensor(t_B, dtype=torch.float32).view(-1, 1, 1)
+    tok.pos = text_positions(1)[None].repeat(len(t_B), 1, 1) + t_B11
+    return st.feed(tok)[:, -1]
+
+
+@torch.no_grad()
+def sample_text(st: DecodeState, builder: SequenceBuilder, logits_BV: torch.Tensor, cfg: SamplingConfig,
+                generator: torch.Generator | None,
+                allow_image: bool = False) -> tuple[list[list[int]], list[int | None]]:
+    """Token by token from the logits of each row's last token, restricted to the text vocabulary
+    (plus <eos>, and <boi> when `allow_image`: the model decides between text and an image).
+    Stops a row at <eos> or <boi>; returns (text ids per row, stop token per row or None)."""
+    V = builder.vocab
+    allowed = V.text_mask().to(st.device)
+    if not allow_image:
+        allowed[V.boi] = False
+    B = logits_BV.shape[0]
+    out, stop = [[] for _ in range(B)], [None] * B
+    for _ in range(cfg.max_text_tokens):
+        ids = sample_step(logits_BV[:, None], cfg.text_step(), allowed, generator)[:, 0]
+        for b, i in enumerate(ids.tolist()):
+            if stop[b] is None:
+                if i in (V.eos, V.boi):
+                    stop[b] = i
+                else:
+                    out[b].append(i)
+        if all(s is not None for s in stop):
+            break
+        logits_BV = feed_text(st, ids, st.next_t, builder)
+        st.next_t = [t + 1 for t in st.next_t]
+    return out, stop
+
+
+def _generator(cfg: SamplingConfig, device) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(int(cfg.seed))
+
+
+def _buckets(keys: Sequence) -> dict:
+    """Indices grouped by key, first-seen order (several aspect ratios in one call)."""
+    groups: dict = {}
+    for i, k in enumerate(keys):
+        groups.setdefault(k, []).append(i)
+    return groups
+
+
+@torch.no_grad()
+def _image_task(model: ARDecoder, prefixes: list[list], schedules: Sequence[ScaleSchedule],
+                cfg: SamplingConfig,
+                record: list | None = None, stats: dict | None = None) -> list[list[torch.Tensor]]:
+    builder, out = builder_for(model), [None] * len(prefixes)
+    for schedule, idx in _buckets(schedules).items():
+        segs = [prefixes[i] for i in idx]
+        guided = cfg.guidance != 0 and any(cfg.guidance_at(s, schedule.num_scales) != 0
+                                           for s in range(schedule.num_scales))
+        n = len(segs)
+        rows, drop = (segs + segs, [False] * n + [True] * n) if guided else (segs, [False] * n)
+        st, _ = prefill(model, builder, rows, drop, cfg.use_cache, record)
+        codes = sample_image(st, builder, schedule, cfg, _generator(cfg, st.device), len(segs))
+        for j, i in enumerate(idx):
+            out[i] = [c[j] for c in codes]
+        if stats is not None:
+            stats["forwards"] = stats.get("forwards", 0) + st.forwards
+    return out
+
+
+def generate_images(model: ARDecoder, captions: list[list[int]],
+                    schedules: ScaleSchedule | Sequence[ScaleSchedule],
+                    cfg: SamplingConfig | None = None, *, record: list | None = None,
+                    stats: dict | None = None) -> list[list[torch.Tensor]]:
+    """Text-to-image: caption text ids per prompt -> per-scale codes (h_k, w_k) per prompt.
+    `schedules`: one for all, or one per prompt (bucketed by schedule)."""
+    cfg = cfg or SamplingConfig()
+    V = model.config.vocab
+    schedules = [schedules] * len(captions) if isinstance(schedules, ScaleSchedule) else list(schedules)
+    prefixes = [_drop_image(tasks.t2i(V, list(c), s, [])) for c, s in zip(captions, schedules)]
+    return _image_task(model, prefixes, schedules, cfg, record, stats)
+
+
+def edit_images(model: ARDecoder, sources: list[tuple[ScaleSchedule, list[torch.Tensor]]],
+                instructions: list[list[int]],
+                target_schedules: ScaleSchedule | Sequence[ScaleSchedule] | None = None,
+                cfg: SamplingConfig | None = None, *, record: list | None = None) -> list[list[torch.Tensor]]:
+    """Editing: (source schedule, source codes) + instruction ids -> target codes. The source image
+    stays in the unconditional rows (training drops only the instruction)."""
+    cfg = cfg or SamplingConfig()
+    V = model.config.vocab
+    if target_schedules is None:
+        target_schedules = [s for s, _ in sources]
+    elif isinstance(target_schedules, ScaleSchedule):
+        target_schedules = [target_schedules] * len(sources)
+    prefixes = [_drop_image(tasks.edit(V, ss, list(sc), list(ins), ts, []))
+                for (ss, sc), ins, ts in zip(sources, instructions, target_schedules)]
+    return _image_task(model, prefixes, list(target_schedules), cfg, record)
+
+
+@torch.no_grad()
+def answer(model: ARDecoder, images: list[tuple[ScaleSchedule, list[torch.Tensor]]],
+           prompts: list[list[int]] | None = None,
+           cfg: SamplingConfig | None = None, *, record: list | None = None) -> list[list[int]]:
+    """Image-to-text (caption, or answer the question in `prompts`): text ids per image."""
+    cfg = cfg or SamplingConfig()
+    V, builder = model.config.vocab, builder_for(model)
+    prompts = prompts or [[] for _ in images]
+    prefixes = [tasks.i2t(V, s, list(c), [], list(p))[:-1] for (s, c), p in zip(images, prompts)]
+    st, last = prefill(model, builder, prefixes, [False] * len(prefixes), cfg.use_cache, record)
+    text, _ = sample_text(st, builder, last, cfg, _generator(cfg, st.device), allow_image=False)
+    return text
+
+
+@torch.no_grad()
+def continue_interleaved(model: ARDecoder, items: list, schedule: ScaleSchedule,
+                         cfg: SamplingConfig | None = None,
+                         *, max_images: int = 1, record: list | None = None) -> list:
+    """Continue one interleaved sequence (items: text id lists and (schedule, codes) tuples).
+    The model decides between text and <boi>; images use `schedule`. Returns the new items:
+    text id lists and per-scale code lists. CFG is not used here (no unconditional stream)."""
+    cfg = cfg or SamplingConfig()
+    V, builder = model.config.vocab, builder_for(model)
+    segs = tasks.interleaved(V, [tuple(it) if isinstance(it, tuple) else list(it) for it in items])
+    for seg in segs:
+        if isinstance(seg, ImageSeg):
+            seg.close = True  # text follows every image of the context
+    st, last = prefill(model, builder, [segs], [False], cfg.use_cache, record)
+    g, new, images = _generator(cfg, st.device), [], 0
+    while True:
+        text, stop = sample_text(st, builder, last, cfg, g, allow_image=images < max_images)
+        if text[0]:
+            new.append(text[0])
+        if stop[0] != V.boi:
+            return new
+        codes = sample_image(st, builder, schedule, cfg, g, 1, close=True)
+        new.append([c[0] for c in codes])
+        images += 1
+        last = st.last_logits  # after the image's <eoi>
+
+
+def _drop_image(segs: list) -> list:
+    """A task's segments without the trailing image to generate (the prefix)."""
+    if not segs or not isinstance(segs[-1], ImageSeg):
+        raise ValueError("expected the task's segments to end with the image to generate")
+    return segs[:-1]
+
+
+# ---------------------------------------------------------------------------- checkpoints
+def save_generator(model: ARDecoder, path, tokenizer_ckpt: str | None = None) -> None:
+    """A self-contained sampler checkpoint: {"ar_config", "state_dict", "tokenizer_ckpt"}."""
+    cfg = {f.name: getattr(model.config, f.name) for f in dataclasses.fields(model.config) if f.init}
+    torch.save({"ar_config": cfg, "state_dict": model.state_dict(), "tokenizer_ckpt": tokenizer_ckpt}, path)
+
+
+def load_generator(ckpt_path: str, map_location: str = "cpu",
+                   tokenizer_ckpt: str | None = None) -> tuple[ARDecoder, dict]:
+    """ARDecoder (eval) + metadata ({"tokenizer_ckpt": ... when known}) from a sampler checkpoint
+    (`save_generator`) or an ARModule Lightning checkpoint (its `.model`; `tokenizer_ckpt`
+    overrides the path saved in its hyper-parameters)."""
+    from pathlib import Path
+
+    from modules.ar.config import ARConfig
+
+    p = Path(ckpt_path).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(f"AR checkpoint not found at {p}; train one with `python main.py fit "
+                                "--config "
+                                "configs/experiment/<ar experiment>.yaml` or pass the right --ckpt path")
+    raw = torch.load(p, map_location=map_location, weights_only=False)
+    if isinstance(raw, dict) and "ar_config" in raw:
+        model = ARDecoder(ARConfig(**raw["ar_config"]))
+        model.load_state_dict(raw["state_dict"])
+        return model.to(map_location).eval(), {"tokenizer_ckpt": tokenizer_ckpt or raw.get("tokenizer_ckpt")}
+    try:
+        from modules.ar.module import ARModule  # the AR training LightningModule (issue 4)
+    except ImportError as err:
+        raise ValueError(f"{p} is not a sampler checkpoint (no 'ar_config') and ARModule is unavailable "
+                         f"to read it as a Lightning checkpoint: {err}") from err
+    hp = dict(raw.get("hyper_parameters", {})) if isinstance(raw, dict) else {}
+    if "state_dict" not in raw:
+        raise ValueError(f"{p} is neither a sampler checkpoint ('ar_config') nor a Lightning checkpoint "
+                         "('state_dict')")
+    tok = tokenizer_ckpt or hp.get("tokenizer_ckpt")
+    module = ARModule.load_from_checkpoint(str(p), map_location=map_location, weights_only=False,
+                                           tokenizer_ckpt=tok)
+    model = next((m for m in module.modules() if isinstance(m, ARDecoder)), None)
+    if model is None:
+        raise ValueError(f"no ARDecoder inside the ARModule checkpoint {p}")
+    return model.eval(), {"tokenizer_ckpt": tok}

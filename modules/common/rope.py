@@ -1,0 +1,105 @@
+"""Multiscale 3D RoPE and the image-token scale embeddings (NF §3.2).
+
+Every token has a 3D position (t, row, col):
+  text token at sequence position t  -> (t, t, t)
+  image token (i, j) on an H×W grid  -> (offset + s, C/√(HW)·(i + 0.5), C/√(HW)·(j + 0.5))
+so every grid maps onto the same spatial range [0, C] (no extrapolation when the resolution
+grows) and the scale axis continues the sequence position (<boi> at p, scale blocks at p+1 ...).
+
+The head dimension's frequency pairs are split between the three axes (`sections`, Qwen2.5-VL's
+mrope layout: pairs [0, s_t) rotate with t, the next s_r with row, the last s_c with col). Each
+pair keeps its 1-D frequency θ^(-2f/d), so a text-only sequence is exactly ordinary 1-D RoPE.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def text_positions(n: int, start: int = 0, device=None) -> torch.Tensor:
+    """(n, 3) float: (t, t, t) for t = start .. start+n-1."""
+    t = torch.arange(start, start + n, device=device, dtype=torch.float32)
+    return t[:, None].expand(n, 3).contiguous()
+
+
+def image_positions(h: int, w: int, t: float, C: float, device=None) -> torch.Tensor:
+    """(h·w, 3) float, row-major: (t, C/√(hw)·(i+0.5), C/√(hw)·(j+0.5))  # NF §3.2"""
+    step = C / math.sqrt(h * w)
+    i = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) * step
+    j = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) * step
+    rows, cols = torch.meshgrid(i, j, indexing="ij")
+    return torch.stack([torch.full_like(rows, float(t)), rows, cols], -1).reshape(h * w, 3)
+
+
+def rope_inv_freq(head_size: int, theta: float) -> torch.Tensor:
+    return 1.0 / theta ** (torch.arange(0, head_size, 2, dtype=torch.float32) / head_size)
+
+
+def apply_rope(x_BHLd: torch.Tensor, cos_BLd: torch.Tensor, sin_BLd: torch.Tensor) -> torch.Tensor:
+    """Rotate-half convention (GPT-NeoX / HF Qwen2): pairs are (x[f], x[f + d/2])."""
+    d2 = x_BHLd.shape[-1] // 2
+    rot = torch.cat([-x_BHLd[..., d2:], x_BHLd[..., :d2]], -1)
+    cos, sin = cos_BLd[:, None].to(x_BHLd.dtype), sin_BLd[:, None].to(x_BHLd.dtype)
+    return x_BHLd * cos + rot * sin
+
+
+class MultiScaleRoPE(nn.Module):
+    """pos_BL3 (t, row, col) -> (cos_BLd, sin_BLd) for `apply_rope`."""
+
+    def __init__(self, head_size: int, sections: tuple[int, int, int], theta: float):
+        super().__init__()
+        if sum(sections) != head_size // 2:
+            raise ValueError(f"rope sections {sections} must sum to head_size/2 = {head_size // 2}")
+        self.sections = tuple(sections)
+        self.register_buffer("inv_freq", rope_inv_freq(head_size, theta), persistent=False)
+        axis = torch.repeat_interleave(torch.arange(3), torch.tensor(sections))
+        self.register_buffer("axis", axis, persistent=False)  # (d/2,) which axis each pair reads
+
+    def forward(self, pos_BL3: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pos_BLf = pos_BL3.float()[..., self.axis]  # (B, L, d/2): each pair's own axis
+        ang = pos_BLf * self.inv_freq
+        ang = torch.cat([ang, ang], -1)
+        return ang.cos(), ang.sin()
+
+
+def sinusoidal(x: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
+    """Transformer sinusoidal features of a (...,) tensor -> (..., dim)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=x.device, dtype=torch.float32) / half)
+    ang = x.float()[..., None] * freqs
+    out = torch.cat([ang.cos(), ang.sin()], -1)
+    return nn.functional.pad(out, (0, dim - 2 * half))
+
+
+class ScaleEmbedding(nn.Module):
+    """Learnable per-scale embedding added to image tokens (NF §3.2; VAR's level embedding).
+
+    Index s = the scale a block predicts (0 = the <boi> block), max_scales = the closing block
+    that carries the finest scale's own indices; index -1 (text) adds nothing. Zero-initialised
+    so a loaded LLM starts unchanged."""
+
+    def __init__(self, max_scales: int, dim: int):
+        super().__init__()
+        self.table = nn.Parameter(torch.zeros(max_scales + 1, dim))
+
+    def forward(self, scale_BL: torch.Tensor) -> torch.Tensor:
+        emb = self.table[scale_BL.clamp(min=0)]
+        return emb * (scale_BL >= 0)[..., None].to(emb.dtype)
+
+
+class NumScalesEmbedding(nn.Module):
+    """Sinusoidal embedding of the image's number of scales (tells the model the target
+    resolution, NF §3.2) through a zero-initialised linear layer; 0 (text) adds nothing."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+        self.proj = nn.Linear(dim, dim)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, nscales_BL: torch.Tensor) -> torch.Tensor:
+        feat = sinusoidal(nscales_BL, self.dim).to(self.proj.weight.dtype)
+        return self.proj(feat) * (nscales_BL > 0)[..., None].to(feat.dtype)

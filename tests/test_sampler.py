@@ -1,0 +1,261 @@
+"""Sampler: KV-cached logits == full recomputation with the training mask (text, images, mixed;
+residual and accumulated inputs; padded batches and CFG rows), the sampling step (CFG 0 ==
+unguided, top-k 1 == argmax, top-p, vocabulary restriction), determinism, aspect-ratio buckets."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from modules.ar import tasks
+from modules.ar.config import ARConfig
+from modules.ar.model import ARDecoder
+from modules.ar.decode_state import builder_for, prefill
+from modules.ar.sampler import (SamplingConfig, StepConfig, answer, continue_interleaved, edit_images,
+                                generate_images, sample_image, sample_step, sample_text)
+from modules.ar.sequence import collate
+from modules.common.scale_schedule import ScaleSchedule
+
+SCH = ScaleSchedule.square(4)  # 1, 2, 3, 4: 30 tokens
+
+
+def _model(visual_inputs="residual", seed=0):
+    torch.manual_seed(seed)
+    m = ARDecoder(ARConfig.from_name("tiny", visual_inputs=visual_inputs)).eval()
+    m.init_visual_from_codebook(F.normalize(torch.randn(64, 40), dim=-1))
+    with torch.no_grad():  # non-zero scale / number-of-scales embeddings so their paths count
+        m.scale_emb.table.normal_(0, 0.02)
+        m.nscales_emb.proj.weight.normal_(0, 0.02)
+    return m
+
+
+def _full_logits(m, segs):
+    """Training-time pass: the builder's sequence under the block-causal mask."""
+    tok = builder_for(m).build(segs, drop_cond=False)
+    batch = collate([tok], pad_id=m.config.vocab.pad)
+    with torch.no_grad():
+        return m(**batch.model_inputs(), mask=batch.mask())[0]
+
+
+def _row(record, b):
+    """Row b of every recorded chunk, left padding stripped by the caller."""
+    return torch.cat([r[b] for r in record], 0)
+
+
+@pytest.mark.parametrize("visual_inputs,captions", [
+    ("residual", [[65, 66, 67, 68], [70]]),  # two lengths: two row groups, no masks after prefill
+    ("accumulated", [[65, 66, 67, 68], [70]]),
+    ("residual", [[65, 66, 67, 68], [70], [71, 72]]),  # three lengths: left padding + key masks
+])
+def test_kv_cached_image_logits_equal_full_recomputation(visual_inputs, captions):
+    m = _model(visual_inputs)
+    V = m.config.vocab
+    schedules = [SCH, ScaleSchedule.for_grid(2, 5)]  # two aspect ratios: two buckets
+    for sch in schedules:
+        rec = []
+        codes = generate_images(m, captions, sch, SamplingConfig(seed=3, top_k=8), record=rec)
+        assert [tuple(c.shape) for c in codes[0]] == list(sch.grids)
+        for b, cap in enumerate(captions):
+            full = _full_logits(m, tasks.t2i(V, cap, sch, codes[b]))
+            got = _row(rec, b)[-len(full):]
+            torch.testing.assert_close(got, full, atol=2e-5, rtol=1e-4)
+            # and per scale: chunk k+1 of the record is scale k's block
+            for k, (h, w) in enumerate(sch.grids):
+                assert rec[k + 1].shape[1] == h * w
+
+
+def test_cache_off_equals_cache_on_with_cfg():
+    m = _model()
+    cfg = dict(seed=5, guidance=3.0, guidance_schedule="linear", temperature=[1.0, 0.8], top_p=0.9)
+    rec_on, rec_off = [], []
+    on = generate_images(m, [[65, 66], [67]], SCH, SamplingConfig(**cfg), record=rec_on)
+    off = generate_images(m, [[65, 66], [67]], SCH, SamplingConfig(**cfg, use_cache=False), record=rec_off)
+    assert all(torch.equal(a, b) for x, y in zip(on, off) for a, b in zip(x, y))
+    assert rec_on[0].shape[0] == 4  # conditional + unconditional rows
+    for a, b in zip(rec_on, rec_off):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
+
+
+def test_kv_cached_text_and_mixed_logits_equal_full_recomputation():
+    m = _model()
+    V, builder = m.config.vocab, builder_for(m)
+    g = torch.Generator().manual_seed(0)
+    ctx = [torch.randint(0, 64, grid, generator=g) for grid in SCH.grids]
+    items = [[72, 105], (SCH, ctx), [32, 119]]
+    segs = tasks.interleaved(V, items)
+    for s in segs[1:]:
+        if hasattr(s, "close"):
+            s.close = True
+    rec = []
+    cfg = SamplingConfig(seed=1, max_text_tokens=3)
+    st, last = prefill(m, builder, [segs], [False], record=rec)
+    text1, stop1 = sample_text(st, builder, last, cfg, torch.Generator().manual_seed(1))
+    codes = sample_image(st, builder, SCH, cfg, torch.Generator().manual_seed(2), 1, close=True)
+    text2, _ = sample_text(st, builder, st.last_logits, cfg, torch.Generator().manual_seed(3))
+    assert stop1 == [None] and len(text1[0]) == 3 and len(text2[0]) == 3
+    # the same stream built by the training-side builder: text, image, text+generated, new image, text
+    new = [c[0] for c in codes]
+    full = _full_logits(m, tasks.interleaved(V, [*items[:2], items[2] + text1[0], (SCH, new), text2[0]]))
+    got = _row(rec, 0)
+    assert got.shape == full.shape
+    torch.testing.assert_close(got, full, atol=2e-5, rtol=1e-4)
+    assert all(V.is_text(torch.tensor(t)).all() for t in text1 + text2)
+
+
+def test_cfg_zero_equals_unguided():
+    x = torch.randn(3, 5, 50)
+    u = torch.randn(3, 5, 50)
+    for step in (StepConfig(0.0, 1.0, 0, 1.0), StepConfig(0.0, 0.7, 10, 0.8)):
+        a = sample_step(x, step, None, torch.Generator().manual_seed(0), uncond_BlV=u)
+        b = sample_step(x, step, None, torch.Generator().manual_seed(0))
+        assert torch.equal(a, b)
+    # end to end: the linear ramp is 0 at scale 0, where the unconditional rows run alongside:
+    # scale 0 (and all logits up to it) equal the unguided run; guidance off everywhere -> no rows
+    m = _model()
+    rec_a, rec_b, rec_c = [], [], []
+    a = generate_images(m, [[65, 66]], SCH, SamplingConfig(seed=2), record=rec_a)
+    b = generate_images(m, [[65, 66]], SCH, SamplingConfig(seed=2, guidance=4.0, guidance_off_from=2),
+                        record=rec_b)
+    assert rec_b[0].shape[0] == 2 and rec_b[3].shape[0] == 1  # uncond rows dropped once guidance is off
+    assert torch.equal(a[0][0], b[0][0])
+    for k in range(2):
+        torch.testing.assert_close(rec_b[k][:1], rec_a[k], atol=1e-6, rtol=1e-6)
+    c = generate_images(m, [[65, 66]], SCH, SamplingConfig(seed=2, guidance=4.0, guidance_off_from=1),
+                        record=rec_c)
+    assert rec_c[0].shape[0] == 1 and all(torch.equal(p, q) for p, q in zip(a[0], c[0]))
+
+
+def test_cfg_combine_and_ramp():
+    x, u = torch.randn(1, 1, 8), torch.randn(1, 1, 8)
+    t = 2.5
+    got = sample_step(x, StepConfig(t, 0.0), None, None, u)
+    assert torch.equal(got, ((1 + t) * x - t * u).argmax(-1))  # VAR: (1+t)·cond − t·uncond
+    cfg = SamplingConfig(guidance=3.0, guidance_off_from=3)
+    assert [cfg.guidance_at(s, 5) for s in range(5)] == [0.0, 0.75, 1.5, 0.0, 0.0]
+    const = SamplingConfig(guidance=3.0, guidance_schedule="constant")
+    assert [const.guidance_at(s, 3) for s in range(3)] == [3.0] * 3
+
+
+def test_top_k_one_is_argmax_and_deterministic():
+    x = torch.randn(4, 7, 100)
+    for seed in range(3):
+        got = sample_step(x, StepConfig(0.0, 1.3, 1, 0.5), None, torch.Generator().manual_seed(seed))
+        assert torch.equal(got, x.argmax(-1))
+    m = _model()
+    cfg = SamplingConfig(seed=0, top_k=1)
+    a = generate_images(m, [[65]], SCH, cfg)[0]
+    b = generate_images(m, [[65]], SCH, SamplingConfig(seed=99, top_k=1))[0]
+    assert all(torch.equal(p, q) for p, q in zip(a, b))
+
+
+def test_top_k_top_p_support_and_seeds():
+    x = torch.log_softmax(torch.tensor([[[4.0, 3.0, 2.0, 1.0, 0.0, -1.0]]]), -1).expand(1, 2000, 6)
+    got = sample_step(x, StepConfig(0.0, 1.0, 3, 1.0), None, torch.Generator().manual_seed(0))
+    assert set(got.unique().tolist()) == {0, 1, 2}
+    p = x[0, 0].exp()  # top-p 0.8: smallest prefix with mass >= 0.8 is {0, 1}
+    assert p[0] < 0.8 <= p[0] + p[1]
+    got = sample_step(x, StepConfig(0.0, 1.0, 0, 0.8), None, torch.Generator().manual_seed(0))
+    assert set(got.unique().tolist()) == {0, 1}
+    m = _model()
+    a = generate_images(m, [[65]], SCH, SamplingConfig(seed=7))[0]
+    b = generate_images(m, [[65]], SCH, SamplingConfig(seed=7))[0]
+    c = generate_images(m, [[65]], SCH, SamplingConfig(seed=8))[0]
+    assert all(torch.equal(p, q) for p, q in zip(a, b))
+    assert not all(torch.equal(p, q) for p, q in zip(a, c))
+
+
+def test_vocabulary_restriction_never_emits_wrong_modality():
+    m = _model()
+    V = m.config.vocab
+    with torch.no_grad():  # make every non-visual row win without the restriction
+        m.head_weight_full[: V.visual_offset] *= 50
+    codes = generate_images(m, [[65], [66]], SCH, SamplingConfig(seed=0, temperature=5.0))
+    for c in codes:
+        for k in c:
+            assert k.min() >= 0 and k.max() < V.codebook_size
+    g = torch.Generator().manual_seed(0)
+    img = (SCH, [torch.randint(0, 64, grid, generator=g) for grid in SCH.grids])
+    text = answer(m, [img, img], [[81], []], SamplingConfig(seed=0, text_temperature=5.0, max_text_tokens=20))
+    assert all(0 <= i < V.text_size for t in text for i in t)
+    x = torch.zeros(1, 500, V.size)
+    x[..., V.visual_offset:V.special_offset] = -30.0  # visual codes very unlikely but allowed
+    got = sample_step(x, StepConfig(), V.visual_mask(), torch.Generator().manual_seed(0))
+    assert bool(V.is_visual(got).all())
+
+
+def test_edit_and_interleaved_decisions():
+    m = _model()
+    V = m.config.vocab
+    g = torch.Generator().manual_seed(0)
+    src = (SCH, [torch.randint(0, 64, grid, generator=g) for grid in SCH.grids])
+    rec = []
+    out = edit_images(m, [src], [[99, 100]], ScaleSchedule.for_grid(2, 4),
+                      SamplingConfig(seed=0, guidance=2.0), record=rec)
+    assert [tuple(c.shape) for c in out[0]] == list(ScaleSchedule.for_grid(2, 4).grids)
+    assert rec[0].shape[0] == 2  # unconditional row keeps the source image, drops the instruction
+    full = _full_logits(m, tasks.edit(V, SCH, src[1], [99, 100], ScaleSchedule.for_grid(2, 4), out[0]))
+    torch.testing.assert_close(_row(rec, 0)[-len(full):], full, atol=2e-5, rtol=1e-4)
+    # the model decides: force <boi> at the first text step, then <eos> after the image
+    calls = {"n": 0}
+
+    def steer(_mod, _inp, logits):
+        calls["n"] += 1
+        if logits.shape[1] == 1 or calls["n"] == 1:
+            logits = logits.clone()
+            logits[:, -1, V.boi if calls["n"] == 1 else V.eos] += 1e4
+        return logits
+
+    h = m.register_forward_hook(steer)
+    try:
+        new = continue_interleaved(m, [[72, 105], src], SCH, SamplingConfig(seed=0, max_text_tokens=5))
+    finally:
+        h.remove()
+    assert len(new) == 1 and [tuple(c.shape) for c in new[0]] == list(SCH.grids)
+
+
+def test_unknown_sampling_key_and_bad_aspect_ratio():
+    with pytest.raises(ValueError, match="top_kk"):
+        SamplingConfig.from_dict({"top_kk": 3})
+    with pytest.raises(ValueError, match="outside the schedule family"):
+        ScaleSchedule.for_image(16, 128, 2)
+
+
+def test_several_aspect_ratios_in_one_call_are_bucketed():
+    m = _model()
+    wide, tall = ScaleSchedule.for_grid(2, 6), ScaleSchedule.for_grid(5, 2)
+    cfg = SamplingConfig(seed=4, top_k=5)
+    mixed = generate_images(m, [[65], [66], [67]], [wide, tall, wide], cfg)
+    assert [tuple(c[-1].shape) for c in mixed] == [(2, 6), (5, 2), (2, 6)]
+    apart = generate_images(m, [[65], [67]], wide, cfg) + generate_images(m, [[66]], tall, cfg)
+    for a, b in zip([mixed[0], mixed[2], mixed[1]], apart):
+        assert all(torch.equal(p, q) for p, q in zip(a, b))
+
+
+def test_raster_baseline_and_flop_formulas():
+    from modules.ar.bench_sampling import mmdit_flops, next_scale_flops, raster_flops, sample_raster
+
+    m = _model()
+    c = m.config
+    stats_r, stats_n = {}, {}
+    codes = sample_raster(m, [65, 66], 3, 4, SamplingConfig(seed=0), stats=stats_r)
+    assert codes.shape == (3, 4) and codes.min() >= 0 and codes.max() < c.codebook_size
+    assert stats_r["forwards"] == 1 + 1 + 11  # prefill, <boi>, one step per code but the last
+    generate_images(m, [[65, 66]], SCH, SamplingConfig(seed=0), stats=stats_n)
+    assert stats_n["forwards"] == 1 + SCH.num_scales
+    P, sch = 3, ScaleSchedule.square(2)  # scales 1x1, 2x2 after a 3-token prefix
+    lin = 2 * (64 * 64 + 2 * 64 * 32 + 64 * 64 + 3 * 64 * 128)  # q, k, v, o, SwiGLU per token per layer
+    f = next_scale_flops(c, sch, P)
+    assert f.linear == 2 * lin * (5 + P)
+    assert f.attention == 4 * 16 * 4 * 2 * (1 * (P + 1) + 4 * (P + 5) + P * (P + 1) / 2)
+    r = raster_flops(c, 4, P)
+    assert r.attention == 4 * 16 * 4 * 2 * (7 * 8 / 2) and r.linear == 2 * lin * 7
+    mm = mmdit_flops(c, 4, n_text=3, steps=10)
+    assert mm.attention == 10 * 4 * 16 * 4 * 2 * 49 and mm.linear == 10 * 2 * lin * 7
+
+
+def test_bench_sampling_runs_and_reports_ratios():
+    from modules.ar.bench_sampling import bench_sampling
+
+    res = bench_sampling(grids=(4,), kv_off_grids=(4,), repeats=1, threads=None)
+    r = res["grids"][4]
+    assert r["ns_forwards"] == 1 + 4 and r["raster_forwards"] == 1 + 16
+    assert r["ratio"] > 0 and r["kv_speedup"] > 0 and r["flops_mmdit"] > r["flops_ns"]
+    assert res["qwen7b_1024"]["mmdit_over_ns"] > 1
