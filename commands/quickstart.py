@@ -21,20 +21,31 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @dataclass
 class Sizes:
-    """How big each stage is. `default` fits the CPU budget; `toy` is for the end-to-end test."""
+    """How big each stage is. `default` fits the CPU budget (about 30 min on 2 cores);
+    `toy` runs every stage for a few steps (the end-to-end test)."""
 
     train_scenes: int
     val_scenes: int
-    resolution: int
     geneval_images_per_prompt: int
     geneval_prompts: int | None  # None = all 553
+    tokenizer_steps: tuple[int, int, int]
+    ar_steps: int
+    ar_switch_step: int  # curriculum: 64 px until here, then 128 px
+    ar_batches_per_epoch: int
+    suite: dict  # evaluation.suite.SuiteConfig fields for validate
 
     @classmethod
     def named(cls, name: str) -> "Sizes":
         if name == "default":
-            return cls(train_scenes=4000, val_scenes=256, resolution=64, geneval_images_per_prompt=4, geneval_prompts=None)
+            return cls(train_scenes=6000, val_scenes=256, geneval_images_per_prompt=4, geneval_prompts=None,
+                       tokenizer_steps=(700, 500, 300), ar_steps=1500, ar_switch_step=1200, ar_batches_per_epoch=100,
+                       suite={"geneval_limit": 96, "images_per_prompt": 2, "dpg_prompts": 16,
+                              "editcanvas_per_task": 2, "understanding_scenes": 8})
         if name == "toy":
-            return cls(train_scenes=64, val_scenes=16, resolution=64, geneval_images_per_prompt=1, geneval_prompts=24)
+            return cls(train_scenes=96, val_scenes=64, geneval_images_per_prompt=1, geneval_prompts=24,
+                       tokenizer_steps=(3, 2, 2), ar_steps=6, ar_switch_step=4, ar_batches_per_epoch=2,
+                       suite={"geneval_limit": 6, "images_per_prompt": 1, "dpg_prompts": 2,
+                              "editcanvas_per_task": 1, "understanding_scenes": 1})
         from commands import UsageError
 
         raise UsageError(f"unknown quickstart size {name!r}; choose 'default' or 'toy'")
@@ -66,26 +77,38 @@ def run_stage(name: str, out: Path, body: Callable[[Path], dict[str, Any]], log:
     return result
 
 
+def write_overlay(path: Path, overlay: dict[str, Any]) -> str:
+    """A YAML config layered after the experiment's own (`--config base --config overlay`):
+    the exact settings a stage ran with stay next to its outputs."""
+    import yaml
+
+    path.write_text(yaml.safe_dump(overlay, sort_keys=False))
+    return str(path)
+
+
 def run_main(*args: str) -> None:
     """Run `python main.py <args>` as a subprocess, streaming its output; fail loudly."""
     cmd = [sys.executable, str(ROOT / "main.py"), *args]
     print("$ " + " ".join(cmd[1:]), flush=True)
     completed = subprocess.run(cmd, cwd=ROOT)
-    if completed.returncode != 0:
-        raise RuntimeError(f"quickstart step failed (exit {completed.returncode}): {' '.join(cmd[1:])}")
+    if completed.returncode != 0:  # its own error is printed above; finished stages stay reusable
+        print(f"error: quickstart step failed (exit {completed.returncode}): {' '.join(cmd[1:])}", file=sys.stderr)
+        raise SystemExit(completed.returncode)
 
 
 # ----------------------------------------------------------------------------- stages
+EXPERIMENTS = ROOT / "configs" / "experiment"
+
+
 def stage_world(sizes: Sizes) -> Callable[[Path], dict[str, Any]]:
     def body(stage_dir: Path) -> dict[str, Any]:
         from commands.world import run as world
 
-        r = sizes.resolution
-        # Training scenes in several aspect ratios (buckets), square validation scenes.
-        world(kind="scenes", out=str(stage_dir / "train"), num_samples=sizes.train_scenes, width=r, height=r,
-              aspect_ratios=[0.5, 1.0, 2.0], seed=0, samples_per_shard=500)
-        world(kind="scenes", out=str(stage_dir / "val"), num_samples=sizes.val_scenes, width=r, height=r,
-              seed=10_000, samples_per_shard=500)
+        # Training scenes in three aspect ratios (buckets), square validation scenes; 64 px.
+        world(kind="scenes", out=str(stage_dir / "train"), num_samples=sizes.train_scenes, width=64, height=64,
+              aspect_ratios=[0.5, 1.0, 2.0], seed=0, samples_per_shard=1000, size_multiple=8)
+        world(kind="scenes", out=str(stage_dir / "val"), num_samples=sizes.val_scenes, width=64, height=64,
+              seed=777, samples_per_shard=1000)
         return {"train": str(stage_dir / "train"), "val": str(stage_dir / "val")}
 
     return body
@@ -109,42 +132,171 @@ def stage_geneval_ground_truth(sizes: Sizes) -> Callable[[Path], dict[str, Any]]
         from evaluation.geneval import render_ground_truth_layout, score_geneval
 
         layout = render_ground_truth_layout(stage_dir / "images", images_per_prompt=sizes.geneval_images_per_prompt,
-                                            limit=sizes.geneval_prompts, size=sizes.resolution * 2)
-        summary = score_geneval(layout)
-        return {"layout": str(layout), "overall": summary["overall"], "per_task": summary["per_task"]}
+                                            limit=sizes.geneval_prompts, size=128)
+        results = score_geneval(layout)
+        return {"layout": str(layout), "overall": results.overall, "per_task": results.task_scores}
+
+    return body
+
+
+def _trainer_outputs(stage_dir: Path, callbacks: list[dict]) -> dict[str, Any]:
+    """Trainer settings that send logs and the `last.ckpt` checkpoint into `stage_dir`."""
+    return {"default_root_dir": str(stage_dir),
+            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
+                       "init_args": {"save_dir": str(stage_dir), "name": "", "version": ""}},
+            "callbacks": [*callbacks, {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                                       "init_args": {"dirpath": str(stage_dir), "save_last": True, "save_top_k": 0,
+                                                     "enable_version_counter": False}}],
+            "enable_progress_bar": False}
+
+
+def stage_tokenizer(k: int, sizes: Sizes, world: dict, previous: str | None) -> Callable[[Path], dict[str, Any]]:
+    """Tokenizer stage k of 3 (pixel branch; joint; 2x pixel decoder), from the previous stage."""
+
+    def body(stage_dir: Path) -> dict[str, Any]:
+        steps = sizes.tokenizer_steps[k - 1]
+        callbacks = [] if k == 3 else [{"class_path": "callbacks.scale_dropping.ScaleDropping",
+                                        "init_args": {"drop_prob": 0.5}}]
+        overlay = {"data": {"init_args": {"train_dir": world["train"], "val_dir": world["val"]}},
+                   "trainer": {"max_steps": steps, "val_check_interval": steps, **_trainer_outputs(stage_dir, callbacks)}}
+        if previous is not None:
+            overlay["model"] = {"init_args": {"init_ckpt": previous}}
+        run_main("fit", "--config", str(EXPERIMENTS / f"tokenizer_shapes_stage{k}.yaml"),
+                 "--config", write_overlay(stage_dir / "overlay.yaml", overlay))
+        return {"checkpoint": str(stage_dir / "last.ckpt"), **_last_val_metrics(stage_dir)}
+
+    return body
+
+
+def _last_val_metrics(stage_dir: Path) -> dict[str, float]:
+    """The last logged value of every val/* column of the stage's CSV log."""
+    import csv
+
+    path = stage_dir / "metrics.csv"
+    if not path.is_file():
+        return {}
+    last: dict[str, float] = {}
+    with open(path) as f:
+        for row in csv.DictReader(f):
+            for key, value in row.items():
+                if key.startswith("val") and value not in ("", None):
+                    last[key] = float(value)
+    return last
+
+
+def stage_pretokenize(world: dict, tokenizer_ckpt: str) -> Callable[[Path], dict[str, Any]]:
+    """Encode once: 64 px (2 self-corrected variants) and 128 px training data, clean 64 px val."""
+
+    def body(stage_dir: Path) -> dict[str, Any]:
+        from commands.pretokenize import run as pretokenize
+
+        out = {"64": str(stage_dir / "train64"), "128": str(stage_dir / "train128"), "val": str(stage_dir / "val64")}
+        pretokenize(raw=world["train"], checkpoint=tokenizer_ckpt, out=out["64"], variants=2)
+        pretokenize(raw=world["train"], checkpoint=tokenizer_ckpt, out=out["128"], resize_to=128)
+        pretokenize(raw=world["val"], checkpoint=tokenizer_ckpt, out=out["val"], self_correct=0.0)
+        return out
+
+    return body
+
+
+def _ar_overlay(sizes: Sizes, data: dict, tokenizer_ckpt: str, stage_dir: Path, callbacks: list[dict]) -> dict:
+    return {"model": {"init_args": {"tokenizer_ckpt": tokenizer_ckpt}},
+            "data": {"init_args": {"train_dirs": {"64": data["64"], "128": data["128"]}, "val_dir": data["val"]}},
+            "trainer": {"max_steps": sizes.ar_steps, "limit_train_batches": sizes.ar_batches_per_epoch,
+                        **_trainer_outputs(stage_dir, callbacks)}}
+
+
+def stage_ar_fit(sizes: Sizes, data: dict, tokenizer_ckpt: str) -> Callable[[Path], dict[str, Any]]:
+    """Text-to-image AR training with the resolution curriculum 64 -> 128 px (256 px in the full config)."""
+
+    def body(stage_dir: Path) -> dict[str, Any]:
+        curriculum = {"class_path": "callbacks.curriculum.ResolutionCurriculum",
+                      "init_args": {"phases": [{"at_step": 0, "phase": "64"},
+                                               {"at_step": sizes.ar_switch_step, "phase": "128", "alpha": 0.9}]}}
+        overlay = _ar_overlay(sizes, data, tokenizer_ckpt, stage_dir, [curriculum])
+        run_main("fit", "--config", str(EXPERIMENTS / "ar_shapes_t2i.yaml"),
+                 "--config", write_overlay(stage_dir / "overlay.yaml", overlay))
+        return {"checkpoint": str(stage_dir / "last.ckpt"), **_last_val_metrics(stage_dir)}
+
+    return body
+
+
+def stage_validate(sizes: Sizes, data: dict, tokenizer_ckpt: str, ar_ckpt: str | None) -> Callable[[Path], dict]:
+    """`main.py validate` with the benchmark suite; ar_ckpt None = the untrained model (baseline)."""
+
+    def body(stage_dir: Path) -> dict[str, Any]:
+        bench = {"class_path": "callbacks.evaluation.BenchmarkCallback",
+                 "init_args": {"validate_suite": sizes.suite, "out_dir": str(stage_dir),
+                               "sampling": {"top_k": 8, "guidance": 2.0, "seed": 0}}}
+        overlay = _ar_overlay(sizes, data, tokenizer_ckpt, stage_dir, [bench])
+        args = ["validate", "--config", str(EXPERIMENTS / "ar_shapes_t2i.yaml"),
+                "--config", write_overlay(stage_dir / "overlay.yaml", overlay)]
+        run_main(*args, *(["--ckpt_path", ar_ckpt] if ar_ckpt else []))
+        metrics = json.loads((stage_dir / "benchmarks" / "validate" / "metrics.json").read_text())
+        from evaluation.suite import headline
+
+        return {"run_dir": str(stage_dir / "benchmarks" / "validate"), **headline(metrics)}
+
+    return body
+
+
+def stage_report(trained: dict, untrained: dict) -> Callable[[Path], dict[str, Any]]:
+    def body(stage_dir: Path) -> dict[str, Any]:
+        from commands.report import run as report
+
+        path = report(path=trained["run_dir"], out=str(stage_dir), baseline=untrained["run_dir"],
+                      title="NextFlow quickstart on the Shapes world")
+        return {"report": str(path)}
 
     return body
 
 
 def run(out: str = "runs/quickstart", size: str = "default") -> dict[str, Any]:
-    """Run the main job on the Shapes world: data, preview, GenEval sanity check (resumable).
+    """Run the main job on the Shapes world end to end: data, tokenizer (3 stages), pretokenise, AR fit, validate, report.
+
+    Every stage is resumable: a second run reuses the stages that finished.
 
     Args:
-        out: folder for every stage's outputs; rerunning reuses finished stages.
-        size: `default` (the CPU budget) or `toy` (seconds; for tests).
+        out: folder for every stage's outputs.
+        size: `default` (about 30 min on a 2-core CPU) or `toy` (a few steps each; for tests).
     """
     from rich.console import Console
     from rich.table import Table
 
     sizes = Sizes.named(size)
-    out_dir = Path(out)
+    out_dir = Path(out).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     log: list[dict] = []
     world = run_stage("world", out_dir, stage_world(sizes), log)
     preview = run_stage("preview", out_dir, stage_preview(Path(world["train"]).parent), log)
-    geneval = run_stage("geneval_ground_truth", out_dir, stage_geneval_ground_truth(sizes), log)
-
+    geneval_gt = run_stage("geneval_ground_truth", out_dir, stage_geneval_ground_truth(sizes), log)
+    previous = None
+    tokenizer_stages = []
+    for k in (1, 2, 3):
+        result = run_stage(f"tokenizer_stage{k}", out_dir, stage_tokenizer(k, sizes, world, previous), log)
+        tokenizer_stages.append(result)
+        previous = result["checkpoint"]
+    data = run_stage("pretokenize", out_dir, stage_pretokenize(world, previous), log)
+    ar = run_stage("ar_fit", out_dir, stage_ar_fit(sizes, data, previous), log)
+    trained = run_stage("validate", out_dir, stage_validate(sizes, data, previous, ar["checkpoint"]), log)
+    untrained = run_stage("validate_untrained", out_dir, stage_validate(sizes, data, previous, None), log)
+    report = run_stage("report", out_dir, stage_report(trained, untrained), log)
     (out_dir / "quickstart.json").write_text(json.dumps(log, indent=1))
+
     table = Table(title="quickstart: where everything went", show_header=True, header_style="bold")
     table.add_column("what")
     table.add_column("where / score")
-    table.add_row("training scenes (shards)", world["train"])
-    table.add_row("validation scenes (shards)", world["val"])
+    table.add_row("Shapes shards (train / val)", f"{world['train']}\n{world['val']}")
     table.add_row("preview grid", preview["preview"])
-    table.add_row("GenEval layout (ground-truth renders)", geneval["layout"])
-    table.add_row("GenEval overall, oracle detector", f"{geneval['overall']:.3f}")
-    for task, score in geneval["per_task"].items():
-        table.add_row(f"  {task}", f"{score:.3f}")
-    table.add_row("stage log", str(out_dir / "quickstart.json"))
+    table.add_row("GenEval of the world's own renders (oracle)", f"{geneval_gt['overall']:.3f}")
+    for k, stage in enumerate(tokenizer_stages, 1):
+        psnr, ssim = stage.get("val/psnr"), stage.get("val/ssim")
+        scores = f"PSNR {psnr:.2f} SSIM {ssim:.3f}" if psnr is not None and ssim is not None else ""
+        table.add_row(f"tokenizer stage {k}", f"{stage['checkpoint']}\n{scores}")
+    table.add_row("AR checkpoint", ar["checkpoint"])
+    for key in ("geneval/overall", "dpg/score", "editcanvas/overall", "understanding/overall"):
+        if key in trained:
+            table.add_row(f"{key}: trained vs untrained", f"{trained[key]:.3f} vs {untrained.get(key, float('nan')):.3f}")
+    table.add_row("report", report["report"])
     Console().print(table)
-    return {"stages": log}
+    return {"stages": log, "report": report["report"]}

@@ -80,7 +80,11 @@ class ShardDataModule(pl.LightningDataModule):
 
     def batches_per_rank(self, directory: str, batch_size: int) -> int:
         """Equal on every rank: the samples one rank would see in a pass, in whole batches."""
-        return max(1, num_samples_in(directory) // (self.world_size * batch_size))
+        total = num_samples_in(directory)
+        if total < self.world_size * batch_size:
+            raise ValueError(f"{directory} holds {total} samples, fewer than one batch of {batch_size} on each of "
+                             f"{self.world_size} rank(s); lower the batch size or write more samples")
+        return total // (self.world_size * batch_size)
 
     def _loader(self, directory: str | None, batch_size: int, train: bool):
         if directory is None:
