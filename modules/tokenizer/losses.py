@@ -1,0 +1,72 @@
+"""Tokenizer losses (REFERENCE.md "NextFlow tokenizer"): pixel L2, a pluggable perceptual loss
+(LPIPS-like network from a local TorchScript file; off when no path is given), PatchGAN hinge
+adversarial loss (λ_G 0.5, from a configurable start step), semantic 1 - cos to the teacher.
+The codebook + commitment loss (β 0.25) lives in the quantiser (quantizer.py)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def pixel_l2(x_rec: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return F.mse_loss(x_rec.float(), x.float())
+
+
+def semantic_cos(pred_BChw: torch.Tensor, teacher_BChw: torch.Tensor) -> torch.Tensor:
+    """Mean over positions of 1 - cos(pred, teacher) along channels (TokenFlow semantic loss)."""
+    return (1 - F.cosine_similarity(pred_BChw.float(), teacher_BChw.float(), dim=1, eps=1e-6)).mean()
+
+
+class PerceptualLoss(nn.Module):
+    """A frozen perceptual distance net loaded with torch.jit.load(path): it must map two image
+    batches in [-1, 1] to a per-sample (or scalar) distance, e.g. a scripted LPIPS. Never downloaded."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        p = Path(path).expanduser()
+        if not p.is_file():
+            raise FileNotFoundError(
+                f"perceptual network not found at {p}; save a TorchScript LPIPS-like model there "
+                f"(torch.jit.save) or set `model.init_args.perceptual_path: null` to turn the loss off")
+        self.net = torch.jit.load(str(p), map_location="cpu").eval()
+        for param in self.net.parameters():
+            param.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.net.eval()
+        return self
+
+    def forward(self, x_rec: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x_rec, x).mean()
+
+
+class PatchDiscriminator(nn.Module):
+    """PatchGAN (pix2pix NLayerDiscriminator layout): conv stride 2 stack -> 1-channel logits map."""
+
+    def __init__(self, ch: int = 64, n_layers: int = 3):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(3, ch, 4, 2, 1), nn.LeakyReLU(0.2, True)]
+        c = ch
+        for i in range(1, n_layers + 1):
+            c_next = ch * min(2 ** i, 8)
+            layers += [nn.Conv2d(c, c_next, 4, 2 if i < n_layers else 1, 1), nn.GroupNorm(1, c_next),
+                       nn.LeakyReLU(0.2, True)]
+            c = c_next
+        layers.append(nn.Conv2d(c, 1, 4, 1, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x_B3HW: torch.Tensor) -> torch.Tensor:
+        return self.net(x_B3HW)
+
+
+def hinge_d_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
+    """VQGAN hinge: ½(E[relu(1 - D(x))] + E[relu(1 + D(x̂))])."""
+    return 0.5 * (F.relu(1 - logits_real).mean() + F.relu(1 + logits_fake).mean())
+
+
+def hinge_g_loss(logits_fake: torch.Tensor) -> torch.Tensor:
+    return -logits_fake.mean()
