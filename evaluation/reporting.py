@@ -27,7 +27,8 @@ import numpy as np
 
 SCALE_LOSS = re.compile(r"loss_scale_(\d+)")
 BENCHMARK_COLUMN = re.compile(r"(geneval|dpg|editcanvas|fid|clip)", re.IGNORECASE)
-COUNT_KEYS = ("n", "num_prompts", "num_samples", "images", "prompts")
+COUNT_KEYS = ("n", "num_prompts", "num_samples", "images", "prompts", "seconds")
+NOT_BENCHMARKS = ("env", "suite", "step", "epoch")  # metrics.json bookkeeping, not scores
 BENCHMARK_FILES = {"dpg_results.json": "dpg", "editcanvas_results.json": "editcanvas"}
 
 
@@ -119,7 +120,7 @@ def benchmark_tables(metrics: dict) -> list[tuple[str, list[str], list[list[Any]
     (tasks, categories, groups): rows = entries, columns = their fields."""
     tables = []
     for bench, section in metrics.items():
-        if bench == "env" or not isinstance(section, dict):
+        if bench in NOT_BENCHMARKS or not isinstance(section, dict):
             continue
         scalars = [[k, v] for k, v in section.items() if not isinstance(v, (dict, list))]
         if scalars:
@@ -139,7 +140,9 @@ def headline(metrics: dict) -> dict[str, float]:
     """Top-level numbers of each benchmark ("geneval/overall", "dpg/dpg", ...)."""
     out = {}
     for bench, section in metrics.items():
-        if isinstance(section, dict) and bench != "env":
+        if bench in NOT_BENCHMARKS:
+            continue
+        if isinstance(section, dict):
             for key, value in section.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in COUNT_KEYS:
                     out[f"{bench}/{key}"] = float(value)
