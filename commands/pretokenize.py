@@ -105,7 +105,7 @@ class _RawShardEncoder:
 
 
 def run(
-    raw: str = "data/shapes/tok64/train",
+    raw: str = "data/shapes/tok64m16/train",
     checkpoint: str = "runs/tokenizer_shapes/stage3/last.ckpt",
     out: str = "data/shapes/pretok64/train",
     self_correct: float = 0.6,

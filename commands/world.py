@@ -14,7 +14,7 @@ from datamodules.shapes.edits import EDIT_KINDS, sample_edit, sample_subject_pai
 from datamodules.shapes.palette import BACKGROUND_KINDS, COLOR_NAMES, SHAPES
 from datamodules.shapes.prompts import DEFAULT_PROMPTS_PATH, geneval_prompts, load_prompts, scene_for_prompt, write_prompts
 from datamodules.shapes.render import render
-from datamodules.shapes.scene import MAX_ASPECT, MIN_ASPECT, MIN_CANVAS_SIDE, Scene, sample_scene
+from datamodules.shapes.scene import MAX_ASPECT, MIN_ASPECT, MIN_CANVAS_SIDE, MIN_OBJECT_PX, Scene, sample_scene
 from datamodules.shapes.video import make_video
 
 Kind = Literal["scenes", "geneval", "dpg", "edits", "subject", "videos"]
@@ -76,6 +76,7 @@ def run(
     max_count: int = 6,
     max_groups: int = 3,
     max_objects: int = 8,
+    min_object_px: float = MIN_OBJECT_PX,
     size_multiple: int = 16,
     prompts: str | None = None,
     edit_kinds: list[str] | None = None,
@@ -104,6 +105,8 @@ def run(
         max_count: most objects of one shape class in a scene (1..6 typical).
         max_groups: most (colour, shape) groups in a scene.
         max_objects: most objects in a scene.
+        min_object_px: smallest object box side in px (default 10, the world's floor); the
+            Shapes tokenizer data uses 16 (two 8-px tokens) so shapes survive tokenisation.
         size_multiple: canvas sides are rounded to this multiple when aspect_ratios is set.
         prompts: GenEval-format .jsonl for kind=geneval (default: configs/prompts/geneval_shapes.jsonl,
             or a fresh set over --shapes/--colors when those are given).
@@ -123,8 +126,13 @@ def run(
     background_set = _check_choices(backgrounds, BACKGROUND_KINDS, "backgrounds")
     edit_set = _check_choices(edit_kinds, EDIT_KINDS, "edit_kinds")
     canvases = _canvases(width, height, aspect_ratios, size_multiple)
+    smallest = min(min(w, h) for w, h in canvases)
+    if not MIN_OBJECT_PX <= min_object_px <= smallest / 2:
+        raise UsageError(f"--min_object_px must be in [{MIN_OBJECT_PX}, {smallest / 2:g}] (half the shortest "
+                         f"canvas side, {smallest} px), got {min_object_px}")
     scene_kwargs = dict(colors=color_set, shapes=shape_set, background_kinds=background_set,
-                        max_count=max_count, max_groups=max_groups, max_objects=max_objects)
+                        max_count=max_count, max_groups=max_groups, max_objects=max_objects,
+                        min_object_px=min_object_px)
     prompt_lines: list[dict] = []
     if kind == "geneval":
         if prompts is not None:
@@ -210,7 +218,8 @@ def run(
 
     stats = write_shards(makers[kind], num_samples, out, samples_per_shard=samples_per_shard,
                          description=f"world {kind}", metadata={"kind": kind, "seed": seed, "width": width,
-                                                                "height": height, "aspect_ratios": aspect_ratios})
+                                                                "height": height, "aspect_ratios": aspect_ratios,
+                                                                "min_object_px": min_object_px})
     if kind == "geneval":
         write_prompts(prompt_lines, Path(out) / "evaluation_metadata.jsonl")
     if kind == "dpg":

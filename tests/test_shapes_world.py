@@ -75,6 +75,18 @@ def test_layout_keeps_min_size_gap_and_counts(width, height):
                 assert separation >= gap - 1e-3
 
 
+def test_min_object_px_knob_raises_the_floor_and_keeps_the_default():
+    for seed in range(20):
+        default = sample_scene(np.random.default_rng(seed), 64, 64)
+        assert sample_scene(np.random.default_rng(seed), 64, 64, min_object_px=MIN_OBJECT_PX) == default
+        big = sample_scene(np.random.default_rng(seed), 64, 64, min_object_px=16)
+        assert big.objects and all(o.side_px(64, 64) >= 16 - 1e-3 for o in big.objects)
+        boxes = [o.layout_box_px(64, 64) for o in big.objects]
+        assert all(x0 >= 0 and y0 >= 0 and x1 <= 64 and y1 <= 64 for x0, y0, x1, y1 in boxes)
+    with pytest.raises(ValueError, match="min_object_px"):
+        sample_scene(np.random.default_rng(0), 64, 64, min_object_px=40)
+
+
 @pytest.mark.parametrize("width,height", CANVASES)
 def test_label_maps_agree_with_image(width, height):
     for seed in range(10):
@@ -367,6 +379,8 @@ def test_world_writes_shards(tmp_path, kind, fields):
     ({"width": 16, "height": 16}, "16x16"),
     ({"edit_kinds": ["rotate"]}, "'rotate'"),
     ({"kind": "geneval", "prompts": "/nonexistent.jsonl"}, "/nonexistent.jsonl"),
+    ({"min_object_px": 4}, "min_object_px"),
+    ({"min_object_px": 20, "aspect_ratios": [0.25]}, "min_object_px"),
 ])
 def test_world_bad_input_raises_usage_error(tmp_path, kwargs, needle):
     from commands import UsageError

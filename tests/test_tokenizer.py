@@ -141,3 +141,18 @@ def test_stage3_widened_decoder_starts_as_the_old_one():
     assert float((old(z) - new(z)).abs().max()) < 1e-4 < float(old(z).abs().mean())
     assert sum(p.numel() for p in new.parameters()) > 3.5 * sum(p.numel() for p in old.parameters())
     assert not widen_decoder(old, CNNDecoder(40, 8, (1, 2, 4), 1, 1.5))  # non-integer: fresh init kept
+
+
+def test_edge_weighted_l2_focuses_on_outlines_and_reduces_to_l2():
+    from modules.tokenizer.losses import edge_weighted_l2, pixel_l2, sobel_edges
+
+    x = -torch.ones(1, 3, 16, 16)
+    x[..., 4:12, 4:12] = 1.0  # a square on a flat background
+    g = sobel_edges(x)
+    assert g.shape == (1, 6, 16, 16) and g[..., 0, 0].abs().max() == 0 and g.abs().max() > 0
+    noise = 0.1 * torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(edge_weighted_l2(x + noise, x, 0.0), pixel_l2(x + noise, x))
+    on_edge, off_edge = torch.zeros_like(x), torch.zeros_like(x)
+    on_edge[..., 4, 8], off_edge[..., 1, 1] = 0.5, 0.5  # the same error on the outline / in the background
+    assert pixel_l2(x + on_edge, x) == pixel_l2(x + off_edge, x)
+    assert edge_weighted_l2(x + on_edge, x, 4.0) > 2 * edge_weighted_l2(x + off_edge, x, 4.0)

@@ -45,8 +45,8 @@ def fake_previous_stage(path: Path, stage: str, seed: int) -> dict:
 def workdir(tmp_path_factory):
     root = tmp_path_factory.mktemp("tokcfg")
     sizes = [(64, 64)] * 8 + [(88, 48)] * 4  # two aspect-ratio buckets
-    write_raw_shards(root / "data/shapes/tok64/train", sizes, seed=0)
-    write_raw_shards(root / "data/shapes/tok64/val", [(64, 64)] * 4, seed=5)
+    write_raw_shards(root / "data/shapes/tok64m16/train", sizes, seed=0)
+    write_raw_shards(root / "data/shapes/tok64m16/val", [(64, 64)] * 4, seed=5)
     return root
 
 

@@ -1,4 +1,4 @@
-"""The Shapes tokenizer experiment end to end (slow, ~15-25 min on 2 CPU cores): world data ->
+"""The Shapes tokenizer experiment end to end (slow, ~12-20 min on 2 CPU cores): world data ->
 stage 1 -> 2 -> 3 with the shipped configs, metrics read from each stage's CSV log."""
 import csv
 from pathlib import Path
@@ -24,9 +24,12 @@ def stage_metrics(tmp_path_factory):
     cwd = os.getcwd()
     os.chdir(root)  # configs use relative data/ and runs/ paths
     try:
-        world(out="data/shapes/tok64/train", num_samples=6000, width=64, height=64,
+        # Objects of at least 16 px (two 8-px tokens): at the world's 10-px floor the 8x8-token grid
+        # loses the shape classes (stage-1 agreement, edge_focus 12: 0.11 at 10 px, 0.29 at 16 px).
+        world(out="data/shapes/tok64m16/train", num_samples=6000, width=64, height=64, min_object_px=16,
               aspect_ratios=[0.5, 1.0, 2.0], size_multiple=8, seed=0, samples_per_shard=1000)
-        world(out="data/shapes/tok64/val", num_samples=256, width=64, height=64, seed=777, samples_per_shard=256)
+        world(out="data/shapes/tok64m16/val", num_samples=256, width=64, height=64, min_object_px=16, seed=777,
+              samples_per_shard=256)
         metrics = {}
         for stage in (1, 2, 3):
             config = ROOT / f"configs/experiment/tokenizer_shapes_stage{stage}.yaml"
@@ -45,11 +48,13 @@ def test_three_stages_improve_and_keep_codebook_usage(stage_metrics):
     assert m[1]["val/ssim"] < m[3]["val/ssim"]
     assert m[3]["val/agreement"] > m[1]["val/agreement"]
     assert m[3]["val/codebook_usage"] >= 0.8
-    assert m[3]["val/agreement_color_position"] >= 0.9  # what/where kept except the shape class
+    assert m[3]["val/agreement_color_position"] >= 0.95  # what/where kept except the shape class (measured 0.996)
+    assert m[3]["val/agreement"] >= 0.75  # shapes survive (measured 0.82; 0.12 before edge_focus + 16-px objects)
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="issue 3 target not reached in the 15-minute CPU budget: measured 0.11 (colour + "
-                          "position + count agreement 0.94): reconstructions round off the shapes", strict=False)
+@pytest.mark.xfail(reason="issue 3 target not reached in the 15-minute CPU budget: measured 0.82 (colour + "
+                          "position + count agreement 0.996) in 12.7 min; the rest are diamonds drawn as "
+                          "crosses and rounded triangles", strict=False)
 def test_held_out_oracle_agreement_target(stage_metrics):
     assert stage_metrics[3]["val/agreement"] >= 0.9

@@ -127,12 +127,15 @@ def _boxes_clear(box, others, gap: float) -> bool:
     return all(x0 >= b[2] + gap or b[0] >= x1 + gap or y0 >= b[3] + gap or b[1] >= y1 + gap for b in others)
 
 
-def size_range_px(width: int, height: int, num_objects: int) -> tuple[float, float]:
-    """Box sides to sample from: large when alone, shrinking as the canvas gets crowded."""
+def size_range_px(width: int, height: int, num_objects: int,
+                  min_object_px: float = MIN_OBJECT_PX) -> tuple[float, float]:
+    """Box sides to sample from: large when alone, shrinking as the canvas gets crowded, never
+    below `min_object_px` (MIN_OBJECT_PX by default; raise it for data whose consumer needs
+    larger objects, e.g. a tokenizer whose tokens are 8 px wide)."""
     short = min(width, height)
     crowded = np.sqrt(width * height / (4.0 * max(num_objects, 1)))
-    hi = max(MIN_OBJECT_PX, min(MAX_SIZE_FRACTION * short, crowded))
-    lo = max(MIN_OBJECT_PX, min(0.15 * short, 0.6 * hi))
+    hi = max(min_object_px, min(MAX_SIZE_FRACTION * short, crowded))
+    lo = max(min_object_px, min(0.15 * short, 0.6 * hi))
     return float(lo), float(hi)
 
 
@@ -198,15 +201,21 @@ def sample_counts(rng: np.random.Generator, max_count: int) -> int:
 def sample_scene(rng: np.random.Generator, width: int = 64, height: int = 64, *,
                  colors: Sequence[str] = COLOR_NAMES, shapes: Sequence[str] = SHAPES,
                  max_count: int = 6, max_groups: int = 3, max_objects: int = 8,
-                 background_kinds: Sequence[str] = BACKGROUND_KINDS) -> Scene:
+                 background_kinds: Sequence[str] = BACKGROUND_KINDS,
+                 min_object_px: float = MIN_OBJECT_PX) -> Scene:
     """A random scene: 1..max_groups (colour, shape) groups of 1..max_count objects each.
 
     At most max_count objects per shape class and max_objects in all; objects that do not fit
     are dropped (captions are made from the scene, so they stay true). Never empty.
+    min_object_px: smallest bbox side (>= MIN_OBJECT_PX, at most half the shorter canvas side);
+    larger values give fewer, bigger objects on crowded canvases.
     """
     check_canvas(width, height)
     if max_count < 1:
         raise ValueError(f"max_count must be >= 1, got {max_count}")
+    if not MIN_OBJECT_PX <= min_object_px <= min(width, height) / 2:
+        raise ValueError(f"min_object_px must be in [{MIN_OBJECT_PX}, {min(width, height) / 2:g}] on a "
+                         f"{width}x{height} canvas, got {min_object_px}")
     num_groups = int(rng.integers(1, max_groups + 1))
     pairs = [(c, s) for s in shapes for c in colors]
     chosen = rng.choice(len(pairs), size=min(num_groups, len(pairs)), replace=False)
@@ -217,7 +226,7 @@ def sample_scene(rng: np.random.Generator, width: int = 64, height: int = 64, *,
         n = min(sample_counts(rng, max_count), max_count - per_class.get(shape, 0), max_objects - len(wanted))
         per_class[shape] = per_class.get(shape, 0) + max(n, 0)
         wanted += [(color, shape)] * max(n, 0)
-    sizes = size_range_px(width, height, len(wanted))
+    sizes = size_range_px(width, height, len(wanted), min_object_px)
     placed: list[ShapeObject] = []
     for color, shape in wanted:
         obj = place_object(rng, shape, color, width, height, placed, side_px=sizes)

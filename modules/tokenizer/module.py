@@ -18,8 +18,8 @@ import torch
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from modules.tokenizer.branches import CNNDecoder, widen_decoder
-from modules.tokenizer.losses import (PatchDiscriminator, PerceptualLoss, hinge_d_loss, hinge_g_loss, pixel_l2,
-                                      semantic_cos)
+from modules.tokenizer.losses import (PatchDiscriminator, PerceptualLoss, edge_weighted_l2, hinge_d_loss, hinge_g_loss,
+                                      pixel_l2, semantic_cos)
 from modules.tokenizer.metrics import SemanticFidelity, build_fid_extractor, frechet_from_features
 from modules.tokenizer.quantizer import codebook_stats
 from modules.tokenizer.semantic import build_teacher
@@ -46,6 +46,7 @@ class TokenizerModule(pl.LightningModule):
         lr_schedule: Literal["constant", "cosine"] = "cosine",
         warmup_steps: int = 0,
         w_pixel: float = 1.0,
+        edge_focus: float = 0.0,  # pixel L2 weighted 1 + edge_focus on the target's Sobel outlines; 0 = plain L2
         w_vq: float = 1.0,
         w_semantic: float = 1.0,
         w_perceptual: float = 1.0,
@@ -217,7 +218,7 @@ class TokenizerModule(pl.LightningModule):
         with torch.set_grad_enabled(self.stage != "decoder"):
             x_rec, q, sem_pred = self.tokenizer(x, keep=self.scale_keep, decode=False)
         x_rec = self.tokenizer.decode_features(q.hat_sem, q.hat_pix)
-        losses = {"pixel_l2": pixel_l2(x_rec, x)}
+        losses = {"pixel_l2": edge_weighted_l2(x_rec, x, hp.edge_focus) if hp.edge_focus else pixel_l2(x_rec, x)}
         if self.stage != "decoder":
             losses["vq"] = q.vq_loss
         if self.teacher is not None and sem_pred is not None:

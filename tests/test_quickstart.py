@@ -1,0 +1,30 @@
+"""The quickstart end to end at toy size (a few steps per stage): every stage writes its outputs,
+the report renders, and a second run reuses every finished stage."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_quickstart_toy_end_to_end_and_resume(tmp_path):
+    out = tmp_path / "qs"
+    cmd = [sys.executable, str(ROOT / "main.py"), "quickstart", "--out", str(out), "--size", "toy"]
+    first = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=3600)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    stages = [row["stage"] for row in json.loads((out / "quickstart.json").read_text())]
+    assert stages == ["world", "preview", "geneval_ground_truth", "tokenizer_stage1", "tokenizer_stage2",
+                      "tokenizer_stage3", "pretokenize", "ar_fit", "validate", "validate_untrained", "report"]
+    log = {row["stage"]: row for row in json.loads((out / "quickstart.json").read_text())}
+    assert log["geneval_ground_truth"]["overall"] >= 0.97
+    for key in ("geneval/overall", "dpg/score", "editcanvas/overall", "understanding/overall"):
+        assert key in log["validate"] and key in log["validate_untrained"]
+    assert (out / "report" / "report.html").stat().st_size > 10_000
+    assert (out / "ar_fit" / "last.ckpt").is_file()
+    second = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0
+    assert second.stdout.count("reusing") == len(stages)
