@@ -28,8 +28,10 @@ class Sizes:
     val_scenes: int
     geneval_images_per_prompt: int
     geneval_prompts: int | None  # None = all 553
-    tokenizer_steps: tuple[int, int, int]
+    train128_scenes: int  # 128 px scenes for the curriculum's second phase
+    tokenizer_steps: tuple[int, int, int] | None  # None: the stage configs' own max_steps
     ar_steps: int
+    ar_minutes: int  # wall-clock guard on AR training (Trainer max_time)
     ar_switch_step: int  # curriculum: 64 px until here, then 128 px
     ar_batches_per_epoch: int
     suite: dict  # evaluation.suite.SuiteConfig fields for validate
@@ -37,13 +39,15 @@ class Sizes:
     @classmethod
     def named(cls, name: str) -> "Sizes":
         if name == "default":
-            return cls(train_scenes=6000, val_scenes=256, geneval_images_per_prompt=4, geneval_prompts=None,
-                       tokenizer_steps=(700, 500, 300), ar_steps=1500, ar_switch_step=1200, ar_batches_per_epoch=100,
+            return cls(train_scenes=3000, val_scenes=256, train128_scenes=600, geneval_images_per_prompt=4,
+                       geneval_prompts=None, tokenizer_steps=None, ar_steps=320, ar_minutes=9, ar_switch_step=240,
+                       ar_batches_per_epoch=40,
                        suite={"geneval_limit": 96, "images_per_prompt": 2, "dpg_prompts": 16,
                               "editcanvas_per_task": 2, "understanding_scenes": 8})
         if name == "toy":
-            return cls(train_scenes=96, val_scenes=64, geneval_images_per_prompt=1, geneval_prompts=24,
-                       tokenizer_steps=(3, 2, 2), ar_steps=6, ar_switch_step=4, ar_batches_per_epoch=2,
+            return cls(train_scenes=96, val_scenes=64, train128_scenes=16, geneval_images_per_prompt=1,
+                       geneval_prompts=24, tokenizer_steps=(3, 2, 2), ar_steps=6, ar_minutes=5, ar_switch_step=4,
+                       ar_batches_per_epoch=2,
                        suite={"geneval_limit": 6, "images_per_prompt": 1, "dpg_prompts": 2,
                               "editcanvas_per_task": 1, "understanding_scenes": 1})
         from commands import UsageError
@@ -104,12 +108,16 @@ def stage_world(sizes: Sizes) -> Callable[[Path], dict[str, Any]]:
     def body(stage_dir: Path) -> dict[str, Any]:
         from commands.world import run as world
 
-        # Training scenes in three aspect ratios (buckets), square validation scenes; 64 px.
+        # Training scenes in three aspect ratios (buckets), square validation scenes; 64 px. Objects
+        # are at least 16 px (two 8-px tokens) so that the tokenizer keeps their outlines.
+        common = dict(samples_per_shard=500, size_multiple=8, min_object_px=16)
         world(kind="scenes", out=str(stage_dir / "train"), num_samples=sizes.train_scenes, width=64, height=64,
-              aspect_ratios=[0.5, 1.0, 2.0], seed=0, samples_per_shard=1000, size_multiple=8)
+              aspect_ratios=[0.5, 1.0, 2.0], seed=0, **common)
         world(kind="scenes", out=str(stage_dir / "val"), num_samples=sizes.val_scenes, width=64, height=64,
-              seed=777, samples_per_shard=1000)
-        return {"train": str(stage_dir / "train"), "val": str(stage_dir / "val")}
+              seed=777, **common)
+        world(kind="scenes", out=str(stage_dir / "train128"), num_samples=sizes.train128_scenes, width=128,
+              height=128, seed=2, **{**common, "min_object_px": 32})
+        return {name: str(stage_dir / name) for name in ("train", "val", "train128")}
 
     return body
 
@@ -154,11 +162,13 @@ def stage_tokenizer(k: int, sizes: Sizes, world: dict, previous: str | None) -> 
     """Tokenizer stage k of 3 (pixel branch; joint; 2x pixel decoder), from the previous stage."""
 
     def body(stage_dir: Path) -> dict[str, Any]:
-        steps = sizes.tokenizer_steps[k - 1]
         callbacks = [] if k == 3 else [{"class_path": "callbacks.scale_dropping.ScaleDropping",
                                         "init_args": {"drop_prob": 0.5}}]
         overlay = {"data": {"init_args": {"train_dir": world["train"], "val_dir": world["val"]}},
-                   "trainer": {"max_steps": steps, "val_check_interval": steps, **_trainer_outputs(stage_dir, callbacks)}}
+                   "trainer": _trainer_outputs(stage_dir, callbacks)}
+        if sizes.tokenizer_steps is not None:
+            steps = sizes.tokenizer_steps[k - 1]
+            overlay["trainer"].update(max_steps=steps, val_check_interval=steps)
         if previous is not None:
             overlay["model"] = {"init_args": {"init_ckpt": previous}}
         run_main("fit", "--config", str(EXPERIMENTS / f"tokenizer_shapes_stage{k}.yaml"),
@@ -192,7 +202,7 @@ def stage_pretokenize(world: dict, tokenizer_ckpt: str) -> Callable[[Path], dict
 
         out = {"64": str(stage_dir / "train64"), "128": str(stage_dir / "train128"), "val": str(stage_dir / "val64")}
         pretokenize(raw=world["train"], checkpoint=tokenizer_ckpt, out=out["64"], variants=2)
-        pretokenize(raw=world["train"], checkpoint=tokenizer_ckpt, out=out["128"], resize_to=128)
+        pretokenize(raw=world["train128"], checkpoint=tokenizer_ckpt, out=out["128"])
         pretokenize(raw=world["val"], checkpoint=tokenizer_ckpt, out=out["val"], self_correct=0.0)
         return out
 
@@ -201,8 +211,10 @@ def stage_pretokenize(world: dict, tokenizer_ckpt: str) -> Callable[[Path], dict
 
 def _ar_overlay(sizes: Sizes, data: dict, tokenizer_ckpt: str, stage_dir: Path, callbacks: list[dict]) -> dict:
     return {"model": {"init_args": {"tokenizer_ckpt": tokenizer_ckpt}},
-            "data": {"init_args": {"train_dirs": {"64": data["64"], "128": data["128"]}, "val_dir": data["val"]}},
-            "trainer": {"max_steps": sizes.ar_steps, "limit_train_batches": sizes.ar_batches_per_epoch,
+            "data": {"init_args": {"train_dirs": {"64": data["64"], "128": data["128"]}, "val_dir": data["val"],
+                                   "batch_size": 8, "val_batch_size": 16}},
+            "trainer": {"max_steps": sizes.ar_steps, "max_time": {"minutes": sizes.ar_minutes},
+                        "limit_train_batches": sizes.ar_batches_per_epoch,
                         **_trainer_outputs(stage_dir, callbacks)}}
 
 
