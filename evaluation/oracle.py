@@ -64,6 +64,12 @@ class OracleConfig:
     noise_floor: float = 2.0          # grey levels of pixel noise below which the image is left sharp
     fringe_floor: float = 0.08        # coverage below this around an object is background noise
     split_fraction: float = 0.2       # a second colour owning this share of a component splits it
+    # Clutter gate: the share of pixels that are a *partial* blend of a palette colour into the
+    # background (coverage 0.15-0.5). Renders score ~0.005, blurred / noisy / JPEG / resampled
+    # renders <= 0.11, an untrained generator's texture ~0.5. Scores fade linearly to 0 between
+    # the two values, as a real detector's confidence does on texture that is not an object.
+    clutter_start: float = 0.15
+    clutter_zero: float = 0.35
 
 
 def noise_level(image: np.ndarray) -> float:
@@ -150,6 +156,11 @@ class OracleDetector:
             mask = components[region] == index
             for part in self._split_by_colour(mask, label[region], min_area):
                 detections.append(self._describe(part, region, smooth, background, label, alpha, explained))
+        gate = clutter_gate(alpha, cfg)
+        if gate < 1.0:
+            for d in detections:
+                d["score"] *= gate
+                d["fit"]["clutter_gate"] = round(gate, 4)
         detections.sort(key=lambda d: -d["score"])
         return detections
 
@@ -200,6 +211,13 @@ class OracleDetector:
         return {"class": shape, "score": confidence(iou, runner_up, purity), "bbox": bbox,
                 "mask": full_mask, "color": COLOR_NAMES[colour_index],
                 "fit": {"iou": round(iou, 4), "runner_up": round(runner_up, 4), "purity": round(purity, 4)}}
+
+
+def clutter_gate(alpha: np.ndarray, config: OracleConfig) -> float:
+    """1 for clean scenes, falling to 0 as half-covered "texture" pixels take over the image."""
+    partial = float(((alpha > 0.15) & (alpha < config.coverage_threshold)).mean())
+    span = max(config.clutter_zero - config.clutter_start, 1e-6)
+    return float(np.clip(1.0 - (partial - config.clutter_start) / span, 0.0, 1.0))
 
 
 def confidence(iou: float, runner_up: float, purity: float) -> float:

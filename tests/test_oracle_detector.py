@@ -96,3 +96,18 @@ def test_accuracy_bars_fast():
 def test_accuracy_bars_500_scenes():
     for size in (64, 128):
         _assert_bars(measure(num_scenes=500, size=size, seed=0))
+
+
+def test_generator_texture_is_not_detected_as_objects():
+    """An untrained generator paints blotchy texture; a detector must not call it shapes
+    (without the clutter gate such images scored 0.75 on GenEval single_object)."""
+    from scipy import ndimage as ndi
+
+    from evaluation.oracle import OracleDetector
+
+    rng = np.random.default_rng(0)
+    detector = OracleDetector()
+    for _ in range(5):
+        blotches = ndi.gaussian_filter(rng.uniform(0, 255, (64, 64, 3)), sigma=(2.5, 2.5, 0))
+        image = np.clip((blotches - 128) * 4 + 128, 0, 255).astype(np.uint8)
+        assert all(d["score"] < 0.3 for d in detector.detect(image))
