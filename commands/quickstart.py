@@ -40,7 +40,7 @@ class Sizes:
     def named(cls, name: str) -> "Sizes":
         if name == "default":
             return cls(train_scenes=3000, val_scenes=256, train128_scenes=600, geneval_images_per_prompt=4,
-                       geneval_prompts=None, tokenizer_steps=None, ar_steps=1100, ar_minutes=9, ar_switch_step=900,
+                       geneval_prompts=None, tokenizer_steps=None, ar_steps=700, ar_minutes=9, ar_switch_step=450,
                        ar_batches_per_epoch=40,
                        suite={"geneval_limit": 96, "images_per_prompt": 2, "dpg_prompts": 16,
                               "editcanvas_per_task": 2, "understanding_scenes": 8})
