@@ -18,12 +18,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from modules.common.images import to_uint8
+
 GENEVAL_THRESHOLD = 0.3  # REFERENCE.md "GenEval protocol": detector threshold
-
-
-def to_uint8(x_B3HW: torch.Tensor) -> np.ndarray:
-    """[-1, 1] images -> (B, H, W, 3) uint8."""
-    return ((x_B3HW.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
 
 
 class RandConvFeatures(nn.Module):
