@@ -9,7 +9,6 @@ the suite is evaluation, not training, so other ranks need not wait on it beyond
 """
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +105,3 @@ class BenchmarkCallback(pl.Callback):
     def on_validation_epoch_end(self, trainer, pl_module):
         if trainer.state.fn == "validate" and not trainer.sanity_checking and trainer.is_global_zero:
             self.run(trainer, pl_module, self.validate_suite, "validate")
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"fit_suite": dataclasses.asdict(self.fit_suite)}

@@ -277,15 +277,22 @@ def geneval_grids(folder: Path, out: Path, prefix: str = "", per_tag: int = 4, t
                     ImageDraw.Draw(strip).rectangle([i * thumb, 0, (i + 1) * thumb - 1, thumb - 1],
                                                     outline=(0, 170, 0) if ok else (220, 0, 0), width=3)
             row_images.append(_label(strip, prompt, cols * thumb))
-        grid = Image.new("RGB", (cols * thumb, sum(r.height for r in row_images)), "white")
-        y = 0
-        for r in row_images:
-            grid.paste(r, (0, y))
-            y += r.height
         path = out / f"{prefix}{tag}.png"
-        grid.save(path)
+        stack_rows(row_images, cols * thumb).save(path)
         made.append((f"GenEval samples: {tag}", path))
     return made
+
+
+def stack_rows(rows: list, width: int):
+    """Labelled PIL strips stacked top to bottom on white."""
+    from PIL import Image
+
+    sheet = Image.new("RGB", (width, sum(r.height for r in rows)), "white")
+    y = 0
+    for r in rows:
+        sheet.paste(r, (0, y))
+        y += r.height
+    return sheet
 
 
 def edit_grid(folders: list[Path], out: Path, prefix: str = "", limit: int = 12, thumb: int = 96) -> list[tuple[str, Path]]:
@@ -303,13 +310,8 @@ def edit_grid(folders: list[Path], out: Path, prefix: str = "", limit: int = 12,
         rows.append(_label(strip, text, 3 * thumb))
     if not rows:
         return []
-    grid = Image.new("RGB", (3 * thumb, sum(r.height for r in rows)), "white")
-    y = 0
-    for r in rows:
-        grid.paste(r, (0, y))
-        y += r.height
     path = out / f"{prefix}edits.png"
-    grid.save(path)
+    stack_rows(rows, 3 * thumb).save(path)
     return [("edits: source | result | target", path)]
 
 
