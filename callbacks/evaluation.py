@@ -57,7 +57,8 @@ class BenchmarkCallback(pl.Callback):
                              "`tokenizer_ckpt` or the callback's `tokenizer_ckpt`")
         if self._tokenizer is None:
             self._tokenizer = load_tokenizer(path, map_location=str(pl_module.device))
-        return ARGenerator(pl_module.model, self._tokenizer, sampling=SamplingConfig.from_dict(self.sampling),
+        return ARGenerator(pl_module.model, self._tokenizer, getattr(pl_module, "text_tokenizer", None),
+                           sampling=SamplingConfig.from_dict(self.sampling),
                            batch_size=self.batch_size)
 
     def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, cfg: SuiteConfig, tag: str) -> dict:

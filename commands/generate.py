@@ -134,7 +134,7 @@ def run(
     batch_size: int = 8,
     height: int = 64,
     width: int = 64,
-    text_tokenizer: Literal["bytes", "hf"] = "bytes",
+    text_tokenizer: Literal["bytes", "shapes-words", "hf"] | None = None,
     text_tokenizer_path: str | None = None,
     limit: int | None = None,
     device: str = "cpu",
@@ -160,8 +160,9 @@ def run(
         batch_size: images per sampling call.
         height: default image height in pixels (a jsonl line's "height" overrides it).
         width: default image width in pixels (a jsonl line's "width" overrides it).
-        text_tokenizer: bytes (default) or hf (a local tokenizer.json, `text_tokenizer_path`).
-        text_tokenizer_path: folder or file of the HF tokenizer.json.
+        text_tokenizer: default: the one the checkpoint was trained with; or bytes, shapes-words,
+            hf (a local tokenizer.json, `text_tokenizer_path`).
+        text_tokenizer_path: folder or file of the HF tokenizer.json (default: the checkpoint's).
         limit: only the first `limit` prompts.
         device: cpu or cuda.
     """
@@ -194,7 +195,9 @@ def run(
         raise UsageError(f"tokenizer {tok_path} has codebook_size {tokenizer.codebook_size} but the AR "
                          f"checkpoint {ckpt} expects {model.config.codebook_size}; pass the tokenizer it was "
                          "trained with")
-    text_tok = build_text_tokenizer(text_tokenizer, text_tokenizer_path, model.config.text_vocab_size)
+    text_tok = build_text_tokenizer(text_tokenizer or meta.get("text_tokenizer") or "bytes",
+                                    text_tokenizer_path or meta.get("text_tokenizer_path"),
+                                    model.config.text_vocab_size)
     patch, out_dir = tokenizer.patch, Path(out)
 
     def schedule_of(item: dict, no: int) -> ScaleSchedule:

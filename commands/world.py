@@ -81,6 +81,7 @@ def run(
     prompts: str | None = None,
     edit_kinds: list[str] | None = None,
     num_frames: int = 8,
+    prompt_mix: float = 0.0,
 ) -> dict[str, Any]:
     """Write Shapes-world data as webdataset shards: scenes, GenEval/DPG renders, edits, subject pairs, videos.
 
@@ -112,6 +113,11 @@ def run(
             or a fresh set over --shapes/--colors when those are given).
         edit_kinds: edit kinds for kind=edits (add, remove, recolor, replace, move, background).
         num_frames: frames per video for kind=videos.
+        prompt_mix: kind=scenes only: the fraction of samples that realise a GenEval-template
+            prompt (single/two objects, counting, colours, position, colour attribute) drawn from
+            a prompt set of seed `seed + 1` (not the evaluation set's seed 0), captioned with that
+            prompt. Template scenes are simple (1-4 objects), so a small text-to-image model
+            learns composition faster from them than from crowded scenes alone.
     """
     if num_samples < 0:
         raise UsageError(f"--num_samples must be >= 0, got {num_samples}")
@@ -133,6 +139,11 @@ def run(
     scene_kwargs = dict(colors=color_set, shapes=shape_set, background_kinds=background_set,
                         max_count=max_count, max_groups=max_groups, max_objects=max_objects,
                         min_object_px=min_object_px)
+    if not 0.0 <= prompt_mix <= 1.0:
+        raise UsageError(f"--prompt_mix must be in [0, 1], got {prompt_mix}")
+    if prompt_mix and kind != "scenes":
+        raise UsageError(f"--prompt_mix applies to kind=scenes only, got kind={kind!r}")
+    mix_lines = geneval_prompts(seed + 1, shape_set, color_set) if prompt_mix else []
     prompt_lines: list[dict] = []
     if kind == "geneval":
         if prompts is not None:
@@ -161,6 +172,12 @@ def run(
     def make_scene(i: int) -> dict[str, Any]:
         rng = np.random.default_rng([seed, i])
         w, h = canvas(rng)
+        if mix_lines and rng.random() < prompt_mix:
+            meta = mix_lines[int(rng.integers(len(mix_lines)))]
+            scene = scene_for_prompt(meta, rng, w, h, min_object_px=min_object_px)
+            sample = scene_fields(scene, rng, w, h)
+            sample["json"].update(prompt=meta["prompt"], caption=meta["prompt"], geneval=meta)
+            return sample
         return scene_fields(sample_scene(rng, w, h, **scene_kwargs), rng, w, h)
 
     def make_geneval(i: int) -> dict[str, Any]:
@@ -219,7 +236,8 @@ def run(
     stats = write_shards(makers[kind], num_samples, out, samples_per_shard=samples_per_shard,
                          description=f"world {kind}", metadata={"kind": kind, "seed": seed, "width": width,
                                                                 "height": height, "aspect_ratios": aspect_ratios,
-                                                                "min_object_px": min_object_px})
+                                                                "min_object_px": min_object_px,
+                                                                "prompt_mix": prompt_mix})
     if kind == "geneval":
         write_prompts(prompt_lines, Path(out) / "evaluation_metadata.jsonl")
     if kind == "dpg":

@@ -49,24 +49,34 @@ class PretokenizedDataModule(ShardDataModule):
         train_dir / val_dir: pretokenised shard directories (`python main.py pretokenize`).
         train_dirs: optional {phase: directory} for the resolution curriculum; `phase` picks the
             starting one (default: the first).
-        text_tokenizer / text_tokenizer_path: "bytes" (default) or "hf" + a local tokenizer.json.
+        text_tokenizer / text_tokenizer_path: None (default) takes the AR model's tokenizer at
+            setup (`ARModule(text_tokenizer=...)` owns it); set it only to read shards without a
+            model ("bytes", "shapes-words", or "hf" + a local tokenizer.json).
         length_bin: sequence-length bucket width in tokens.
         variant: self-corrected input row to use; None draws one per sample.
     """
 
     def __init__(self, train_dir: str | None = None, val_dir: str | None = None,
                  train_dirs: dict[str, str] | None = None, phase: str | None = None, batch_size: int = 8,
-                 val_batch_size: int | None = None, num_workers: int = 0, text_tokenizer: str = "bytes",
+                 val_batch_size: int | None = None, num_workers: int = 0, text_tokenizer: str | None = None,
                  text_tokenizer_path: str | None = None, length_bin: int = 256, variant: int | None = None,
                  seed: int = 0, shuffle_buffer: int = 256):
         super().__init__(train_dir, val_dir, batch_size, val_batch_size, num_workers, seed, shuffle_buffer)
         self.train_dirs = {str(k): v for k, v in (train_dirs or {}).items()}
         self.length_bin, self.variant = length_bin, variant
-        self.text_tokenizer = build_text_tokenizer(text_tokenizer, text_tokenizer_path)
+        self.text_tokenizer_kind = text_tokenizer
+        self.text_tokenizer = build_text_tokenizer(text_tokenizer or "bytes", text_tokenizer_path)
         self.phase = None
         if self.train_dirs:
             self.set_phase(phase if phase is not None else next(iter(self.train_dirs)))
         self._rng = np.random.default_rng(seed)
+
+    def use_text_tokenizer(self, tokenizer, kind: str) -> None:
+        """Called by the AR model at setup: encode captions with the model's own tokenizer."""
+        if self.text_tokenizer_kind not in (None, kind):
+            raise ValueError(f"the datamodule's text_tokenizer={self.text_tokenizer_kind!r} differs from the AR "
+                             f"model's {kind!r}; drop data.init_args.text_tokenizer (the model's is used)")
+        self.text_tokenizer = tokenizer
 
     def set_phase(self, phase: str) -> None:
         phase = str(phase)

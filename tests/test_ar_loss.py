@@ -46,6 +46,10 @@ def test_reweighting_changes_total_not_per_scale_losses():
     for s in range(4):
         torch.testing.assert_close(o9["scale_loss"][s], o0["scale_loss"][s])
     assert abs(float(o9["vision_loss"] - o0["vision_loss"])) > 1e-4
+    torch.testing.assert_close(o9["vision_nll"], o0["vision_nll"])  # unweighted: the same under both α
+    n = {s: float((b0.scale == s).logical_and(b0.target >= 0).sum()) for s in range(4)}  # tokens per scale
+    mean = sum(float(o0["scale_loss"][s]) * n[s] for s in range(4)) / sum(n.values())
+    assert abs(float(o0["vision_nll"]) - mean) < 1e-4 and abs(float(o0["vision_loss"]) - mean) < 1e-4
     assert float(b9.weight[b9.scale == 0].max()) > float(b9.weight[b9.scale == 3].max())  # coarse scales up
 
 

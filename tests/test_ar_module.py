@@ -118,3 +118,21 @@ def test_bad_inputs_name_both_values(tmp_path):
     ckpt = {"ar_vocab": {"text_vocab_size": 256, "codebook_size": 64, "vocab_size": 328}}
     with pytest.raises(ValueError, match="codebook_size=64 but the AR config has 16"):
         module.on_load_checkpoint(ckpt)
+
+
+def test_model_owns_the_text_tokenizer(tmp_path):
+    """ARModule(text_tokenizer=...) sizes the text vocabulary and hands its tokenizer to the
+    datamodule at setup; a datamodule set to a different one is an error naming both."""
+    d = make_shards(tmp_path / "s", side=3, n=4, i2t_every=0)
+    module = ARModule(overrides=TINY, text_tokenizer="shapes-words")
+    assert module.config.text_vocab_size == module.text_tokenizer.vocab_size > 256
+    dm = PretokenizedDataModule(train_dir=d, batch_size=2)
+    _trainer(tmp_path, max_steps=1).fit(module, dm)
+    assert dm.text_tokenizer is module.text_tokenizer
+    ids = next(iter(dm.train_dataloader()))[0]["text_ids"]
+    assert module.text_tokenizer.encode(" red")[0] in ids and len(ids) < len("a red shape 0")
+    wrong = PretokenizedDataModule(train_dir=d, batch_size=2, text_tokenizer="bytes")
+    with pytest.raises(ValueError, match="text_tokenizer='bytes' differs from the AR model's 'shapes-words'"):
+        _trainer(tmp_path, max_steps=1).fit(ARModule(overrides=TINY, text_tokenizer="shapes-words"), wrong)
+    with pytest.raises(ValueError, match="'shapes-words' has 478 ids but the model's text range is 300"):
+        ARModule(overrides={**TINY, "text_vocab_size": 300}, text_tokenizer="shapes-words")

@@ -50,3 +50,35 @@ def test_hf_tokenizer_from_local_file(tmp_path):
         HFTokenizer(tmp_path / "missing")
     with pytest.raises(ValueError, match="vocab_size 2 < tokenizer size 4"):
         HFTokenizer(tmp_path, vocab_size=2)
+
+
+def test_word_tokenizer_roundtrip_and_byte_fallback():
+    from modules.text import WordTokenizer
+
+    t = WordTokenizer(["a", " red", " circle"])
+    assert t.vocab_size == 259
+    assert t.encode("a red circle") == [256, 257, 258]
+    s = "a red circle — über 3 squares!\n"
+    assert t.decode(t.encode(s)) == s
+    assert t.encode(" blue") == list(b" blue")  # unknown words are spelled in bytes
+    with pytest.raises(ValueError, match="duplicates"):
+        WordTokenizer(["a", "a"])
+
+
+def test_shapes_words_cover_every_world_text_of_a_fresh_seed():
+    """The committed word list (modules/text/shapes_words.txt) gives every word the world writes
+    one id, for texts from a seed it was not built from; ~4.7 bytes per id on average."""
+    from modules.text.shapes_words import world_texts
+
+    t = build_text_tokenizer("shapes-words")
+    n_ids = n_bytes = 0
+    for text in world_texts(num_scenes=40, seed=123):
+        ids = t.encode(text)
+        assert t.decode(ids) == text
+        spelled = [chr(i) for i in ids if i < 256 and chr(i).isalnum()]
+        assert not spelled, f"{text!r} needs byte fallback for {spelled}"
+        n_ids, n_bytes = n_ids + len(ids), n_bytes + len(text.encode())
+    assert n_bytes / n_ids > 4.0
+    assert t.encode("a photo of a diamond") == [t._ids[w] for w in ("a", " photo", " of", " a", " diamond")]
+    with pytest.raises(ValueError, match="text range is 256"):
+        build_text_tokenizer("shapes-words", vocab_size=256)

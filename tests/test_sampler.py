@@ -258,4 +258,5 @@ def test_bench_sampling_runs_and_reports_ratios():
     r = res["grids"][4]
     assert r["ns_forwards"] == 1 + 4 and r["raster_forwards"] == 1 + 16
     assert r["ratio"] > 0 and r["kv_speedup"] > 0 and r["flops_mmdit"] > r["flops_ns"]
+    assert 0 < r["ns_attention_s"] < r["next_scale_s"] and r["ratio_bound"] == pytest.approx(r["raster_s"] / r["ns_attention_s"])
     assert res["qwen7b_1024"]["mmdit_over_ns"] > 1

@@ -381,6 +381,8 @@ def test_world_writes_shards(tmp_path, kind, fields):
     ({"kind": "geneval", "prompts": "/nonexistent.jsonl"}, "/nonexistent.jsonl"),
     ({"min_object_px": 4}, "min_object_px"),
     ({"min_object_px": 20, "aspect_ratios": [0.25]}, "min_object_px"),
+    ({"prompt_mix": 1.5}, "prompt_mix"),
+    ({"kind": "edits", "prompt_mix": 0.5}, "kind='edits'"),
 ])
 def test_world_bad_input_raises_usage_error(tmp_path, kwargs, needle):
     from commands import UsageError
@@ -391,3 +393,27 @@ def test_world_bad_input_raises_usage_error(tmp_path, kwargs, needle):
     message = str(info.value)
     assert needle in message and "\n" not in message
     assert not (tmp_path / "bad").exists()
+
+
+def test_world_prompt_mix_realises_template_prompts(tmp_path):
+    """prompt_mix: that fraction of scenes realise a GenEval-template prompt (seed + 1 set),
+    captioned with it; their renders score 1 with the oracle-backed GenEval rule, objects keep
+    min_object_px; the rest stay general scenes."""
+    from commands.world import run
+    from datamodules.shapes.scene import Scene
+    from evaluation.geneval_rules import evaluate_image
+    from PIL import Image
+
+    run(kind="scenes", out=str(tmp_path / "mix"), num_samples=40, samples_per_shard=40, seed=0,
+        prompt_mix=0.5, min_object_px=16)
+    metas = [(json.loads(s["json"]), s["png"]) for s in _read_tar(tmp_path / "mix" / "shard-000000.tar").values()]
+    templated = [(m, png) for m, png in metas if "geneval" in m]
+    assert 10 <= len(templated) <= 30
+    for meta, png in templated:
+        assert meta["caption"] == meta["prompt"] == meta["geneval"]["prompt"]
+        scene = Scene.from_dict(meta["scene"])
+        assert min(o.side_px(64, 64) for o in scene.objects) >= 16
+        image = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+        correct, reason, _ = evaluate_image(image, meta["geneval"])
+        assert correct, (meta["prompt"], reason)
+    assert all("geneval" not in m and m["caption"] in m["captions"].values() for m, _ in metas if "geneval" not in m)

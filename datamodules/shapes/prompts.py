@@ -94,7 +94,7 @@ _OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "be
 
 
 def scene_for_prompt(meta: dict, rng: np.random.Generator, width: int = 64, height: int = 64, *,
-                     distractors: int = 0, tries: int = 200) -> Scene:
+                     distractors: int = 0, tries: int = 200, min_object_px: float | None = None) -> Scene:
     """A scene meeting a GenEval prompt's ground truth on a width x height canvas.
 
     Exactly `count` objects per include clause (so counting's exclude holds), the clause's colour
@@ -104,7 +104,8 @@ def scene_for_prompt(meta: dict, rng: np.random.Generator, width: int = 64, heig
     check_canvas(width, height)
     clauses = meta["include"]
     total = sum(c["count"] for c in clauses) + distractors
-    sides = size_range_px(width, height, total)
+    sides = size_range_px(width, height, total) if min_object_px is None else \
+        size_range_px(width, height, total, min_object_px)
     regions: dict[int, tuple[float, float, float, float]] = {}
     for index, clause in enumerate(clauses):
         if "position" in clause:

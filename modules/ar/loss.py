@@ -16,7 +16,8 @@ from modules.common.fused_ce import fused_linear_cross_entropy, naive_linear_cro
 
 def ar_loss(model: ARDecoder, batch: Tokens, *, mask=None, fused: bool = True, chunk: int | None = None,
             backend: str = "torch") -> dict:
-    """Returns {"loss": differentiable scalar, "text_loss", "vision_loss" (weighted),
+    """Returns {"loss": differentiable scalar, "text_loss", "vision_loss" (weighted), "vision_nll"
+    (unweighted mean CE per visual token: comparable across α, the ablations' likelihood metric),
     "scale_loss": {s: mean CE of scale s}, "n_text", "n_vision"} (all but "loss" detached)."""
     vocab = model.config.vocab
     h_BLC = model(**batch.model_inputs(), mask=batch.mask() if mask is None else mask, return_hidden=True)
@@ -35,6 +36,7 @@ def ar_loss(model: ARDecoder, batch: Tokens, *, mask=None, fused: bool = True, c
     out = {"loss": loss, "n_text": int((~vis).sum()), "n_vision": int(vis.sum()), "scale_loss": {}}
     out["text_loss"] = ce[~vis].mean() if out["n_text"] else torch.tensor(float("nan"))
     out["vision_loss"] = (ce[vis] * w[vis]).sum() / w[vis].sum() if out["n_vision"] else torch.tensor(float("nan"))
+    out["vision_nll"] = ce[vis].mean() if out["n_vision"] else torch.tensor(float("nan"))
     scale = batch.scale.reshape(-1)[sel]
     for s in torch.unique(scale[vis]).tolist():
         out["scale_loss"][int(s)] = ce[vis & (scale == s)].mean()

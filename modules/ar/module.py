@@ -21,6 +21,7 @@ from modules.ar.loss import ar_loss
 from modules.ar.model import ARDecoder
 from modules.ar.sequence import SequenceBuilder, Tokens, collate
 from modules.common.attention_mask import FLEX_BLOCK, flex_block_mask
+from modules.text import build_text_tokenizer
 
 
 class ARModule(pl.LightningModule):
@@ -34,6 +35,10 @@ class ARModule(pl.LightningModule):
         cond_dropout: caption dropout for CFG. self_correct: use the shards' self-corrected input
             variants (False: inputs = top-1 targets). pack_row_len: pack samples into rows.
         attention: "sdpa" dense mask, "flex" flex_attention BlockMask (CUDA), "auto".
+        text_tokenizer / text_tokenizer_path: the model's text tokenizer (modules/text): "bytes",
+            "shapes-words" (one id per Shapes-world word) or "hf" + a local tokenizer.json. It
+            sets the text vocabulary, so the model owns it; the datamodule and the benchmark
+            callback take it from here.
     """
 
     def __init__(self, preset: str = "tiny", overrides: dict[str, Any] | None = None,
@@ -41,10 +46,17 @@ class ARModule(pl.LightningModule):
                  cond_dropout: float = 0.1, self_correct: bool = True, pack_row_len: int | None = None,
                  attention: Literal["auto", "sdpa", "flex"] = "auto", fused_loss: bool = True,
                  loss_backend: Literal["torch", "liger"] = "torch", lr: float = 3e-4, weight_decay: float = 0.05,
-                 betas: tuple[float, float] = (0.9, 0.95), warmup_steps: int = 100, seed: int = 0):
+                 betas: tuple[float, float] = (0.9, 0.95), warmup_steps: int = 100, seed: int = 0,
+                 text_tokenizer: Literal["bytes", "shapes-words", "hf"] = "bytes",
+                 text_tokenizer_path: str | None = None):
         super().__init__()
         self.save_hyperparameters()
         overrides = dict(overrides or {})
+        self.text_tokenizer = build_text_tokenizer(text_tokenizer, text_tokenizer_path,
+                                                   overrides.get("text_vocab_size"))
+        preset_text_vocab = ARConfig.from_name(preset).text_vocab_size
+        if preset_text_vocab < self.text_tokenizer.vocab_size:
+            overrides.setdefault("text_vocab_size", self.text_tokenizer.vocab_size)
         code_emb, self.tokenizer_fingerprint = None, None
         if tokenizer_ckpt is not None:
             code_emb, self.tokenizer_fingerprint = self._load_codes(tokenizer_ckpt)
@@ -80,6 +92,9 @@ class ARModule(pl.LightningModule):
 
     def setup(self, stage: str) -> None:
         self._gen.manual_seed(self.hparams.seed + self.global_rank)  # condition dropout differs per rank
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if hasattr(datamodule, "use_text_tokenizer"):
+            datamodule.use_text_tokenizer(self.text_tokenizer, self.hparams.text_tokenizer)
 
     # ------------------------------------------------------------------ sequences
     @property
@@ -138,7 +153,7 @@ class ARModule(pl.LightningModule):
         tok = out["tokens"]
         bs = tok.ids.shape[0]
         self.log(f"{stage}/loss", out["loss"].detach(), prog_bar=True, batch_size=bs, sync_dist=stage != "train")
-        for key in ("text_loss", "vision_loss"):
+        for key in ("text_loss", "vision_loss", "vision_nll"):
             if not math.isnan(float(out[key])):
                 self.log(f"{stage}/{key}", out[key], batch_size=bs, sync_dist=stage != "train")
         for s, v in out["scale_loss"].items():

@@ -334,15 +334,19 @@ def _drop_image(segs: list) -> list:
 
 
 # ---------------------------------------------------------------------------- checkpoints
-def save_generator(model: ARDecoder, path, tokenizer_ckpt: str | None = None) -> None:
-    """A self-contained sampler checkpoint: {"ar_config", "state_dict", "tokenizer_ckpt"}."""
+def save_generator(model: ARDecoder, path, tokenizer_ckpt: str | None = None, text_tokenizer: str = "bytes",
+                   text_tokenizer_path: str | None = None) -> None:
+    """A self-contained sampler checkpoint: {"ar_config", "state_dict", "tokenizer_ckpt",
+    "text_tokenizer", "text_tokenizer_path"}."""
     cfg = {f.name: getattr(model.config, f.name) for f in dataclasses.fields(model.config) if f.init}
-    torch.save({"ar_config": cfg, "state_dict": model.state_dict(), "tokenizer_ckpt": tokenizer_ckpt}, path)
+    torch.save({"ar_config": cfg, "state_dict": model.state_dict(), "tokenizer_ckpt": tokenizer_ckpt,
+                "text_tokenizer": text_tokenizer, "text_tokenizer_path": text_tokenizer_path}, path)
 
 
 def load_generator(ckpt_path: str, map_location: str = "cpu",
                    tokenizer_ckpt: str | None = None) -> tuple[ARDecoder, dict]:
-    """ARDecoder (eval) + metadata ({"tokenizer_ckpt": ... when known}) from a sampler checkpoint
+    """ARDecoder (eval) + metadata ({"tokenizer_ckpt", "text_tokenizer", "text_tokenizer_path"}
+    when known) from a sampler checkpoint
     (`save_generator`) or an ARModule Lightning checkpoint (its `.model`; `tokenizer_ckpt`
     overrides the path saved in its hyper-parameters)."""
     from pathlib import Path
@@ -358,7 +362,9 @@ def load_generator(ckpt_path: str, map_location: str = "cpu",
     if isinstance(raw, dict) and "ar_config" in raw:
         model = ARDecoder(ARConfig(**raw["ar_config"]))
         model.load_state_dict(raw["state_dict"])
-        return model.to(map_location).eval(), {"tokenizer_ckpt": tokenizer_ckpt or raw.get("tokenizer_ckpt")}
+        return model.to(map_location).eval(), {"tokenizer_ckpt": tokenizer_ckpt or raw.get("tokenizer_ckpt"),
+                                               "text_tokenizer": raw.get("text_tokenizer", "bytes"),
+                                               "text_tokenizer_path": raw.get("text_tokenizer_path")}
     try:
         from modules.ar.module import ARModule  # the AR training LightningModule (issue 4)
     except ImportError as err:
@@ -374,4 +380,5 @@ def load_generator(ckpt_path: str, map_location: str = "cpu",
     model = next((m for m in module.modules() if isinstance(m, ARDecoder)), None)
     if model is None:
         raise ValueError(f"no ARDecoder inside the ARModule checkpoint {p}")
-    return model.eval(), {"tokenizer_ckpt": tok}
+    return model.eval(), {"tokenizer_ckpt": tok, "text_tokenizer": hp.get("text_tokenizer", "bytes"),
+                          "text_tokenizer_path": hp.get("text_tokenizer_path")}

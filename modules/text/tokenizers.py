@@ -6,6 +6,7 @@ End-of-text and image markers are *unified-vocabulary* specials (modules/ar/voca
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Protocol
 
@@ -28,6 +29,37 @@ class ByteTokenizer:
 
     def decode(self, ids: list[int]) -> str:
         return bytes(i for i in ids if 0 <= i < 256).decode("utf-8", errors="replace")
+
+
+class WordTokenizer:
+    """One id per known word, UTF-8 bytes for everything else: ids 0..255 are bytes, 256 + i is
+    `words[i]`. Text is split GPT-2 style into pieces that carry their leading space (" red"),
+    so decode(encode(text)) == text for any text."""
+
+    _PIECE = re.compile(r" ?[A-Za-z]+| ?[0-9]+| ?[^\sA-Za-z0-9]| +|\s")
+
+    def __init__(self, words: list[str]):
+        if len(set(words)) != len(words):
+            raise ValueError("WordTokenizer word list has duplicates")
+        self.words = list(words)
+        self._ids = {w: 256 + i for i, w in enumerate(self.words)}
+        self.vocab_size = 256 + len(self.words)
+
+    @classmethod
+    def split(cls, text: str) -> list[str]:
+        return cls._PIECE.findall(text)
+
+    def encode(self, text: str) -> list[int]:
+        out: list[int] = []
+        for piece in self.split(text):
+            known = self._ids.get(piece)
+            out.extend([known] if known is not None else piece.encode("utf-8"))
+        return out
+
+    def decode(self, ids: list[int]) -> str:
+        raw = b"".join(bytes([i]) if i < 256 else self.words[i - 256].encode("utf-8")
+                       for i in ids if 0 <= i < self.vocab_size)
+        return raw.decode("utf-8", errors="replace")
 
 
 class HFTokenizer:
@@ -65,10 +97,20 @@ class HFTokenizer:
 
 
 def build_text_tokenizer(kind: str = "bytes", path: str | None = None, vocab_size: int | None = None) -> TextTokenizer:
+    """`vocab_size`: the model's text range; it must hold every id the tokenizer emits."""
     if kind == "bytes":
-        return ByteTokenizer()
-    if kind == "hf":
+        tok: TextTokenizer = ByteTokenizer()
+    elif kind == "shapes-words":
+        from modules.text.shapes_words import WORDS_PATH, load_word_list
+
+        tok = WordTokenizer(load_word_list(path or WORDS_PATH))
+    elif kind == "hf":
         if path is None:
             raise ValueError("text tokenizer kind 'hf' needs `path` to a local tokenizer.json or its folder")
         return HFTokenizer(path, vocab_size)
-    raise ValueError(f"unknown text tokenizer kind {kind!r}; use 'bytes' or 'hf'")
+    else:
+        raise ValueError(f"unknown text tokenizer kind {kind!r}; use 'bytes', 'shapes-words' or 'hf'")
+    if vocab_size is not None and vocab_size < tok.vocab_size:
+        raise ValueError(f"text tokenizer {kind!r} has {tok.vocab_size} ids but the model's text range is "
+                         f"{vocab_size}; use the tokenizer the model was trained with")
+    return tok
