@@ -110,7 +110,21 @@ def test_sweep_survives_failure_collects_metrics_and_resumes(setup):
     assert len(json.loads((setup / "out" / "sweep.json").read_text())["points"]) == 5
 
 
-def test_ablations_draft_parses():
+def test_ablations_sweep_parses_and_its_keys_exist():
+    """The shipped ablation sweep: NF's default, each factor off alone, accumulated with and
+    without self-correction; every dotted key exists in its merged base config."""
+    from commands.sweep import load_base
+
     sweep = yaml.safe_load(open(main.__file__.replace("main.py", "configs/sweeps/ablations.yaml")))
-    points = expand_points(sweep["grid"], sweep.get("list"))
-    assert len(points) == 8 and {o["model.init_args.alpha"] for _, o in points} == {0.9, 0.0}
+    points = expand_points(sweep.get("grid"), sweep.get("list"))
+    names = [n for n, _ in points]
+    assert names == ["000_nf_default", "001_no_reweighting", "002_no_self_correction", "003_accumulated",
+                     "004_accumulated_no_self_correction"]
+    overrides = dict(points)
+    assert overrides["001_no_reweighting"] == {"model.init_args.alpha": 0.0}
+    assert overrides["004_accumulated_no_self_correction"] == {
+        "model.init_args.overrides.visual_inputs": "accumulated", "model.init_args.self_correct": False}
+    base = load_base(sweep["base"])
+    for _, point in points:
+        for key in {**sweep["fixed"], **point}:
+            check_key(base, key, "ablations base")
