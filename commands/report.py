@@ -65,7 +65,13 @@ def sweep_sections(root: Path, files: Path) -> tuple[list[tuple[str, list[Block]
                      *[top.get(k, "") for k in keys]])
     blocks: list[Block] = [("text", f"Sweep **{record.get('name', root.name)}** over base config(s) "
                                     f"{', '.join(record.get('base') or []) or '-'}; {len(points)} points.")]
-    blocks.append(("table", "comparison", header, rows))
+    first = [k for k in rp.SWEEP_SUMMARY_KEYS if any(k in top for top in tops.values())]
+    summary_header = ["run", "status", "wall_s", *[k.split(".")[-1] for k in swept], *first]
+    summary = [[p["dir"], p.get("status"), p.get("wall_s"), *[(p.get("overrides") or {}).get(k, "") for k in swept],
+                *[tops.get(p["dir"], {}).get(k, "") for k in first]] for p in points]
+    blocks.append(("table", "summary (val/vision_nll: mean CE per visual token on the validation shards; "
+                            "lower is better)", summary_header, summary))
+    blocks.append(("table", "every logged metric", header, rows))
     failed = [p for p in points if p.get("status") != "done"]
     for p in failed:
         blocks.append(("text", f"`{p['dir']}` {p.get('status')}: ```{(p.get('error') or '').strip()[-600:]}```"))
@@ -75,7 +81,7 @@ def sweep_sections(root: Path, files: Path) -> tuple[list[tuple[str, list[Block]
         if p.get("status") == "done" and p["dir"] in runs:
             for title, sub in run_sections(runs[p["dir"]], files, prefix=f"{p['dir']}_"):
                 sections.append((f"{p['dir']}: {title}", sub))
-    return sections, rows, header
+    return sections, summary, summary_header
 
 
 # ----------------------------------------------------------------------------- rendering

@@ -154,9 +154,17 @@ def headline(metrics: dict) -> dict[str, float]:
 
 
 def last_logged(run: dict) -> dict[str, float]:
-    """Last logged value of the run's loss and benchmark columns ("last train/loss")."""
+    """Last logged value of the run's loss / NLL and benchmark columns ("last train/loss")."""
     return {f"last {k}": float(v[-1]) for k, (_, v) in sorted(run["csv"].items())
-            if len(v) and (("loss" in k and not SCALE_LOSS.search(k)) or BENCHMARK_COLUMN.search(k))}
+            if len(v) and ((("loss" in k or "nll" in k) and not SCALE_LOSS.search(k)) or BENCHMARK_COLUMN.search(k))}
+
+
+# What a sweep is compared on first, when present: benchmark headlines and the validation NLL per
+# visual token (unweighted, so comparable across loss reweighting settings; the weighted train
+# loss is not).
+SWEEP_SUMMARY_KEYS = ("geneval/overall", "geneval/single_object", "geneval/two_object", "geneval/counting",
+                      "geneval/colors", "geneval/position", "geneval/color_attr", "dpg/dpg",
+                      "editcanvas/overall", "last val/vision_nll")
 
 
 def fmt(value: Any) -> str:
@@ -213,8 +221,11 @@ def sweep_plots(points: list[dict], runs: dict[str, dict], out: Path) -> list[tu
     """Bars of each headline metric across points, and the points' train losses overlaid."""
     plt = _plt()
     made = []
-    table = {p["dir"]: headline(runs[p["dir"]]["metrics"]) for p in points if p["dir"] in runs}
-    keys = sorted({k for row in table.values() for k in row})[:8]
+    table = {p["dir"]: {**headline(runs[p["dir"]]["metrics"]), **last_logged(runs[p["dir"]])}
+             for p in points if p["dir"] in runs}
+    present = {k for row in table.values() for k in row}
+    keys = [k for k in ("geneval/overall", "dpg/dpg", "editcanvas/overall", "last val/vision_nll") if k in present]
+    keys = keys or sorted(k for k in present if not k.startswith("last "))[:8]
     if keys:
         fig, axes = plt.subplots(len(keys), 1, figsize=(6.4, 1.2 + 1.6 * len(keys)), dpi=90, squeeze=False)
         for ax, key in zip(axes[:, 0], keys):
@@ -226,14 +237,18 @@ def sweep_plots(points: list[dict], runs: dict[str, dict], out: Path) -> list[tu
         plt.close(fig)
         made.append(("metrics across runs", out / "sweep_metrics.png"))
     losses = {}
+    comparable = all("val/vision_nll" in run["csv"] for run in runs.values()) and runs
     for name, run in runs.items():
         loss_cols = [k for k in run["csv"] if "loss" in k and not SCALE_LOSS.search(k)]
-        if loss_cols:
+        if comparable:
+            losses[name] = run["csv"]["val/vision_nll"]
+        elif loss_cols:
             key = "train/loss" if "train/loss" in loss_cols else sorted(loss_cols)[0]
             losses[f"{name} ({key})"] = run["csv"][key]
-    path = plot_series(losses, out / "sweep_losses.png", "training loss across runs", log_y=True)
+    title = "validation NLL per visual token across runs" if comparable else "training loss across runs"
+    path = plot_series(losses, out / "sweep_losses.png", title, log_y=not comparable)
     if path:
-        made.append(("training loss across runs", path))
+        made.append((title, path))
     return made
 
 

@@ -92,6 +92,9 @@ def test_sweep_report_and_baseline(tmp_path):
     assert "| 000_a | done | 1.5 | 0.1 | 0.4 | 0.3162 | 0.4 |" in md
     assert "| 001_b | done | 2 | 0.2 | 0.7 | 0.1581 | 0.4 |" in md
     assert "| 002_c | failed | 0.1 | 0.3 |  |  |  |" in md and "boom" in md
+    # the summary table first: swept keys and the headline metrics only
+    assert md.index("| run | status | wall_s | lr | geneval/overall |") < md.index("| run | status | wall_s | lr | geneval overall |")
+    assert "| 001_b | done | 2 | 0.2 | 0.7 |\n" in md
     for name in ("sweep_metrics.png", "sweep_losses.png", "000_a_loss.png", "001_b_loss_scales.png"):
         with Image.open(sweep / "report_files" / name) as im:
             im.verify()
