@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from datamodules.shapes.geometry import unit_half_extent
 from datamodules.shapes.palette import COLOR_NAMES, COLORS
 from evaluation.shape_templates import classify_shape
 
@@ -70,6 +71,15 @@ class OracleConfig:
     # the two values, as a real detector's confidence does on texture that is not an object.
     clutter_start: float = 0.15
     clutter_zero: float = 0.35
+    # Shape plausibility: the world draws every class with a fixed box aspect (unit_half_extent,
+    # ~1:1) and boxes >= 10 px. A fitted outline stretched past `aspect_start` x its class's aspect,
+    # or smaller than `min_side_start` px, is a fragment of texture, not an object (a generator's
+    # clutter scored single-object prompts "correct" on slivers like 35 x 4 px): its score fades
+    # to 0 at `aspect_zero` x / `min_side_zero` px. Renders, even blurred or JPEG'd, sit far inside.
+    aspect_start: float = 1.35
+    aspect_zero: float = 1.8
+    min_side_start: float = 8.0
+    min_side_zero: float = 5.0
 
 
 def noise_level(image: np.ndarray) -> float:
@@ -204,13 +214,25 @@ class OracleDetector:
         coverage = np.where(fringe & (crop_alpha >= self.config.fringe_floor), crop_alpha, 0.0)
         coverage = np.where(mine, np.maximum(coverage, 0.5), coverage)
         shape, iou, runner_up, (bx0, by0, bx1, by1) = classify_shape(coverage)
+        plausible = shape_plausibility(shape, bx1 - bx0, by1 - by0, self.config)
         # Reported box: the class outline's extent fitted to the object (what a detector regresses),
         # clipped to the image; the mask stays the pixels the object owns.
         bbox = [float(np.clip(bx0 + cx0, 0, w)), float(np.clip(by0 + cy0, 0, h)),
                 float(np.clip(bx1 + cx0, 0, w)), float(np.clip(by1 + cy0, 0, h))]
-        return {"class": shape, "score": confidence(iou, runner_up, purity), "bbox": bbox,
+        return {"class": shape, "score": confidence(iou, runner_up, purity) * plausible, "bbox": bbox,
                 "mask": full_mask, "color": COLOR_NAMES[colour_index],
-                "fit": {"iou": round(iou, 4), "runner_up": round(runner_up, 4), "purity": round(purity, 4)}}
+                "fit": {"iou": round(iou, 4), "runner_up": round(runner_up, 4), "purity": round(purity, 4),
+                        "plausibility": round(plausible, 4)}}
+
+
+def shape_plausibility(shape: str, width: float, height: float, config: OracleConfig) -> float:
+    """1 for a box of the class's own aspect and world size, fading to 0 for slivers and specks."""
+    hw, hh = unit_half_extent(shape)
+    stretch = float(np.exp(abs(np.log(max(width, 1e-6) / max(height, 1e-6)) - np.log(hw / hh))))
+    aspect = np.clip((config.aspect_zero - stretch) / (config.aspect_zero - config.aspect_start), 0.0, 1.0)
+    side = min(width, height)
+    size = np.clip((side - config.min_side_zero) / (config.min_side_start - config.min_side_zero), 0.0, 1.0)
+    return float(aspect * size)
 
 
 def clutter_gate(alpha: np.ndarray, config: OracleConfig) -> float:

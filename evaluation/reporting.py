@@ -28,7 +28,7 @@ import numpy as np
 SCALE_LOSS = re.compile(r"loss_scale_(\d+)")
 BENCHMARK_COLUMN = re.compile(r"(geneval|dpg|editcanvas|fid|clip)", re.IGNORECASE)
 COUNT_KEYS = ("n", "num_prompts", "num_samples", "images", "prompts", "seconds")
-NOT_BENCHMARKS = ("env", "suite", "step", "epoch")  # metrics.json bookkeeping, not scores
+NOT_BENCHMARKS = ("env", "suite", "step", "epoch", "previous")  # metrics.json bookkeeping, not scores
 BENCHMARK_FILES = {"dpg_results.json": "dpg", "editcanvas_results.json": "editcanvas"}
 
 

@@ -111,3 +111,20 @@ def test_generator_texture_is_not_detected_as_objects():
         blotches = ndi.gaussian_filter(rng.uniform(0, 255, (64, 64, 3)), sigma=(2.5, 2.5, 0))
         image = np.clip((blotches - 128) * 4 + 128, 0, 255).astype(np.uint8)
         assert all(d["score"] < 0.3 for d in detector.detect(image))
+
+
+def test_slivers_and_specks_are_not_objects():
+    """A generator's clutter leaves palette-coloured slivers and specks; the world never draws
+    those (every class has a ~1:1 box of >= 10 px), so they must not pass as objects (before the
+    plausibility gate, such fragments made noisy samples "correct" on single-object prompts)."""
+    from evaluation.oracle import OracleDetector
+
+    image = np.full((64, 64, 3), (200, 190, 170), np.uint8)   # a plain non-palette background
+    red = np.array(COLORS["red"], np.uint8)
+    image[8:12, 4:40] = red            # 36 x 4 px sliver
+    image[40:44, 50:54] = red          # 4 x 4 px speck
+    image[30:44, 10:24] = red          # a proper 14 px square
+    detections = OracleDetector().detect(image)
+    confident = [d for d in detections if d["score"] >= 0.3]
+    assert len(confident) == 1 and confident[0]["class"] == "square" and confident[0]["score"] > 0.9
+    assert all(d["fit"]["plausibility"] < 0.05 for d in detections if d is not confident[0])

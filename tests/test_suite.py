@@ -4,6 +4,7 @@ backgrounds (scores must be near zero). Also: the layout it writes is what `repo
 import json
 
 import numpy as np
+from PIL import Image
 import pytest
 
 from datamodules.shapes.dpg import dpg_items
@@ -93,3 +94,28 @@ def test_suite_writes_official_layouts_and_report_reads_them(perfect):
 
     report(path=str(out))
     assert (out / "report.md").is_file() and (out / "report.html").stat().st_size > 1000
+
+
+def test_rescore_reproduces_scores_from_the_written_images(perfect, tmp_path):
+    """rescore_suite reads the official layouts back (GenEval folder, DPG 2x2 grids + CSV,
+    EditCanvas sample folders) and, with unchanged evaluators, gives the same numbers; an
+    evaluator change shows up, the old scores kept under "previous"."""
+    import shutil
+
+    from commands import UsageError
+    from commands.rescore import run as rescore
+    from evaluation.suite import rescore_suite
+
+    out, metrics = perfect
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    again = rescore_suite(copy)
+    for key, value in headline(metrics).items():
+        assert abs(headline(again)[key] - value) < 1e-9, key
+    assert again["previous"]["geneval"]["overall"] == metrics["geneval"]["overall"]
+    for png in (copy / "geneval").glob("*/samples/*.png"):  # blank every GenEval image: 0 now
+        Image.fromarray(np.full((CFG.height, CFG.width, 3), 128, np.uint8)).save(png)
+    scores = rescore(str(tmp_path))
+    assert scores[str(copy)]["geneval/overall"] == 0.0 and scores[str(copy)]["dpg/score"] >= 95.0
+    with pytest.raises(UsageError, match="no benchmark suite folders"):
+        rescore(str(tmp_path / "copy" / "dpg"))
