@@ -126,9 +126,9 @@ def ar_answer_fn(model, tokenizer, text_tokenizer=None, sampling=None) -> Answer
     import torch
 
     from modules.ar.sampler import SamplingConfig, answer
-    from modules.text.tokenizers import ByteTokenizer
+    from modules.text.tokenizers import default_text_tokenizer
 
-    text_tokenizer = text_tokenizer or ByteTokenizer()
+    text_tokenizer = default_text_tokenizer(model.config.text_vocab_size, text_tokenizer)
     cfg = sampling or SamplingConfig(text_temperature=0.0, max_text_tokens=32)
     device = model.code_emb.device
 

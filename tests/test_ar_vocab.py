@@ -82,3 +82,13 @@ def test_shapes_words_cover_every_world_text_of_a_fresh_seed():
     assert t.encode("a photo of a diamond") == [t._ids[w] for w in ("a", " photo", " of", " a", " diamond")]
     with pytest.raises(ValueError, match="text range is 256"):
         build_text_tokenizer("shapes-words", vocab_size=256)
+
+
+def test_byte_default_only_for_byte_models():
+    from modules.text.tokenizers import default_text_tokenizer
+
+    assert isinstance(default_text_tokenizer(256), ByteTokenizer)
+    words = build_text_tokenizer("shapes-words")
+    assert default_text_tokenizer(478, words) is words
+    with pytest.raises(ValueError, match="has 478 ids, not the 256"):
+        default_text_tokenizer(478)

@@ -14,14 +14,14 @@ import torch
 from modules.ar.sampler import SamplingConfig, answer, edit_images, generate_images
 from modules.common.images import from_uint8, to_uint8
 from modules.common.scale_schedule import ScaleSchedule
-from modules.text.tokenizers import ByteTokenizer
+from modules.text.tokenizers import default_text_tokenizer
 
 
 class ARGenerator:
     def __init__(self, model, tokenizer, text_tokenizer=None, sampling: SamplingConfig | None = None,
                  batch_size: int = 8):
         self.model, self.tokenizer = model, tokenizer
-        self.text = text_tokenizer or ByteTokenizer()
+        self.text = default_text_tokenizer(model.config.text_vocab_size, text_tokenizer)
         self.sampling = sampling or SamplingConfig()
         self.batch_size = batch_size
 

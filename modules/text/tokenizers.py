@@ -114,3 +114,15 @@ def build_text_tokenizer(kind: str = "bytes", path: str | None = None, vocab_siz
         raise ValueError(f"text tokenizer {kind!r} has {tok.vocab_size} ids but the model's text range is "
                          f"{vocab_size}; use the tokenizer the model was trained with")
     return tok
+
+
+def default_text_tokenizer(text_vocab_size: int, given: TextTokenizer | None = None) -> TextTokenizer:
+    """`given`, or the byte tokenizer when the model's text range is the byte one (256 ids); any
+    other model must be handed its own tokenizer, since byte ids would be silently misread."""
+    if given is not None:
+        return given
+    if text_vocab_size != ByteTokenizer.vocab_size:
+        raise ValueError(f"the model's text vocabulary has {text_vocab_size} ids, not the 256 of the byte "
+                         "tokenizer: pass its own text tokenizer (ARModule.text_tokenizer, or "
+                         "build_text_tokenizer(kind) with the kind it was trained with)")
+    return ByteTokenizer()
