@@ -169,24 +169,24 @@ def run(
                 "json": {"kind": kind, "width": w, "height": h, "scene": scene.to_dict(),
                          "captions": texts, "caption": caption}}
 
+    def prompt_sample(meta: dict, rng: np.random.Generator, w: int, h: int, **layout: Any) -> dict[str, Any]:
+        """A scene realising a GenEval-format prompt line, captioned with the prompt."""
+        sample = scene_fields(scene_for_prompt(meta, rng, w, h, **layout), rng, w, h)
+        sample["json"].update(prompt=meta["prompt"], caption=meta["prompt"], geneval=meta)
+        return sample
+
     def make_scene(i: int) -> dict[str, Any]:
         rng = np.random.default_rng([seed, i])
         w, h = canvas(rng)
         if mix_lines and rng.random() < prompt_mix:
-            meta = mix_lines[int(rng.integers(len(mix_lines)))]
-            scene = scene_for_prompt(meta, rng, w, h, min_object_px=min_object_px)
-            sample = scene_fields(scene, rng, w, h)
-            sample["json"].update(prompt=meta["prompt"], caption=meta["prompt"], geneval=meta)
-            return sample
+            return prompt_sample(mix_lines[int(rng.integers(len(mix_lines)))], rng, w, h, min_object_px=min_object_px)
         return scene_fields(sample_scene(rng, w, h, **scene_kwargs), rng, w, h)
 
     def make_geneval(i: int) -> dict[str, Any]:
         rng = np.random.default_rng([seed, i])
         w, h = canvas(rng)
-        meta = prompt_lines[i % len(prompt_lines)]
-        sample = scene_fields(scene_for_prompt(meta, rng, w, h), rng, w, h)
-        sample["json"].update(prompt=meta["prompt"], caption=meta["prompt"], prompt_index=i % len(prompt_lines),
-                              geneval=meta)
+        sample = prompt_sample(prompt_lines[i % len(prompt_lines)], rng, w, h)
+        sample["json"]["prompt_index"] = i % len(prompt_lines)
         return sample
 
     def dpg_parts(i: int) -> tuple[Scene, dict[str, Any], np.random.Generator, int, int]:

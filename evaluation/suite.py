@@ -137,12 +137,9 @@ def run_suite(gen: Generator, out_dir: str | Path, cfg: SuiteConfig | None = Non
 def rescore_suite(out_dir: str | Path) -> dict[str, Any]:
     """Score a finished suite folder again from the images it wrote (GenEval layout, DPG 2x2
     grids + question CSV, EditCanvas sample folders) with today's evaluators, and rewrite its
-    metrics.json (the old scores are kept under "previous"). For when an evaluator is fixed after
+    metrics.json (the scores as first written are kept under "previous"). For when an evaluator is fixed after
     runs were made: nothing is generated again. Understanding (exact-match text) is left as is."""
-    from PIL import Image
-
-    from datamodules.shapes.dpg import read_dpg_csv
-    from evaluation.dpg import DPGScorer, prompts_from_records, write_results as write_dpg
+    from evaluation.dpg import DPGScorer, load_dpg_csv, load_image_folder, write_results as write_dpg
     from evaluation.editcanvas import EditCanvasScorer, load_results_folder, summary, write_results as write_edits
     from evaluation.geneval import score_geneval
     from evaluation.shapes_vqa import ShapesOracleVQA
@@ -152,19 +149,14 @@ def rescore_suite(out_dir: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"{out_dir} has no metrics.json: not a benchmark suite folder (run_suite writes one)")
     metrics = json.loads(path.read_text())
-    previous = {k: metrics[k] for k in ("geneval", "dpg", "editcanvas") if k in metrics}
+    # the scores as first written, kept across repeated rescoring
+    previous = metrics.get("previous") or {k: metrics[k] for k in ("geneval", "dpg", "editcanvas") if k in metrics}
     if "geneval" in metrics:
         metrics["geneval"] = {**score_geneval(out_dir / "geneval", verbose=False).summary(),
                               "seconds": metrics["geneval"].get("seconds")}
-    if "dpg" in metrics:
-        items = read_dpg_csv(out_dir / "dpg" / "dpg_questions.csv")
-        prompts = prompts_from_records({"item_id": k, "text": v["prompt"], **q, "question_natural_language": q["question"]}
-                                       for k, v in items.items() for q in v["questions"])
-        images = {}
-        for item_id in items:  # the official layout: each prompt's 4 images as one 2x2 grid
-            grid = np.asarray(Image.open(out_dir / "dpg" / f"{item_id}.png").convert("RGB"))
-            h, w = grid.shape[0] // 2, grid.shape[1] // 2
-            images[item_id] = [grid[r * h:(r + 1) * h, c * w:(c + 1) * w] for r in (0, 1) for c in (0, 1)]
+    if "dpg" in metrics:  # the official layout: each prompt's 4 images as one 2x2 grid + the question CSV
+        prompts = load_dpg_csv(out_dir / "dpg" / "dpg_questions.csv")
+        images = load_image_folder(out_dir / "dpg", prompts)
         results = DPGScorer(ShapesOracleVQA()).score(images, prompts)
         write_dpg(results, out_dir / "dpg")
         metrics["dpg"] = {**{k: v for k, v in results.items() if k != "prompts"}, "seconds": metrics["dpg"].get("seconds")}

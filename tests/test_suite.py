@@ -115,7 +115,8 @@ def test_rescore_reproduces_scores_from_the_written_images(perfect, tmp_path):
     assert again["previous"]["geneval"]["overall"] == metrics["geneval"]["overall"]
     for png in (copy / "geneval").glob("*/samples/*.png"):  # blank every GenEval image: 0 now
         Image.fromarray(np.full((CFG.height, CFG.width, 3), 128, np.uint8)).save(png)
-    scores = rescore(str(tmp_path))
+    scores = rescore(str(tmp_path))  # a second rescoring keeps the first-written scores as "previous"
+    assert json.loads((copy / "metrics.json").read_text())["previous"]["geneval"]["overall"] == metrics["geneval"]["overall"]
     assert scores[str(copy)]["geneval/overall"] == 0.0 and scores[str(copy)]["dpg/score"] >= 95.0
     with pytest.raises(UsageError, match="no benchmark suite folders"):
         rescore(str(tmp_path / "copy" / "dpg"))
