@@ -156,3 +156,49 @@ def test_edge_weighted_l2_focuses_on_outlines_and_reduces_to_l2():
     on_edge[..., 4, 8], off_edge[..., 1, 1] = 0.5, 0.5  # the same error on the outline / in the background
     assert pixel_l2(x + on_edge, x) == pixel_l2(x + off_edge, x)
     assert edge_weighted_l2(x + on_edge, x, 4.0) > 2 * edge_weighted_l2(x + off_edge, x, 4.0)
+
+
+def test_adaptive_gan_weight_balances_gradients_at_the_last_layer():
+    """VQGAN eq. 7: after weighting, the GAN loss's gradient at the decoder's last layer has the
+    reconstruction loss's norm, whatever the two losses' scales."""
+    from modules.tokenizer.branches import CNNDecoder
+    from modules.tokenizer.losses import PatchDiscriminator, adaptive_gan_weight, hinge_g_loss, pixel_l2
+
+    torch.manual_seed(0)
+    dec, disc = CNNDecoder(8, ch=8, ch_mult=(1, 2), num_res_blocks=1), PatchDiscriminator(ch=8, n_layers=2)
+    x_rec, x = dec(torch.randn(2, 8, 8, 8)), torch.rand(2, 3, 16, 16) * 2 - 1
+    rec, gan = pixel_l2(x_rec, x), hinge_g_loss(disc(x_rec))
+    w = adaptive_gan_weight(rec, gan, dec.last_layer)
+    g_rec = torch.autograd.grad(rec, dec.last_layer, retain_graph=True)[0].norm()
+    g_gan = torch.autograd.grad(w * gan, dec.last_layer, retain_graph=True)[0].norm()
+    assert w > 0 and torch.isclose(g_gan, g_rec, rtol=1e-3)
+    assert adaptive_gan_weight(1000 * rec, gan, dec.last_layer) == pytest.approx(1000 * w, rel=1e-3)
+    assert sum(p.numel() for p in PatchDiscriminator(ch=16).parameters()) < \
+        sum(p.numel() for p in PatchDiscriminator(ch=64).parameters()) / 10  # disc_ch sizes it
+
+
+def test_warmup_cosine_schedule():
+    from modules.common.lr_schedule import warmup_cosine
+
+    f = warmup_cosine(10, 110, cosine=True, min_ratio=0.1)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0) and f(10) == pytest.approx(1.0)
+    assert f(60) == pytest.approx(0.55) and f(110) == pytest.approx(0.1) and f(500) == pytest.approx(0.1)
+    assert all(f(s) >= f(s + 1) for s in range(10, 120))
+    flat = warmup_cosine(10, 110, cosine=False)
+    assert flat(5) == pytest.approx(0.6) and flat(100) == 1.0
+    with pytest.raises(ValueError, match="min_ratio"):
+        warmup_cosine(10, 100, min_ratio=1.5)
+
+
+def test_gradient_difference_charges_blur_not_flat_offsets():
+    import torch.nn.functional as F
+
+    from modules.tokenizer.losses import gradient_difference, pixel_l2
+
+    x = -torch.ones(1, 3, 32, 32)
+    x[..., 8:24, 8:24] = 1.0
+    blurred = F.avg_pool2d(F.pad(x, (2, 2, 2, 2), mode="replicate"), 5, stride=1)
+    offset = x + (pixel_l2(blurred, x).sqrt())  # the same L2 as the blur, spread evenly
+    assert torch.isclose(pixel_l2(offset, x), pixel_l2(blurred, x), rtol=1e-4)
+    assert gradient_difference(x, x) == 0 and gradient_difference(offset, x) < 1e-6
+    assert gradient_difference(blurred, x) > 0.01

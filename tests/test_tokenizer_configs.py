@@ -87,3 +87,17 @@ def test_missing_previous_stage_checkpoint_names_path_and_fix(workdir, monkeypat
     monkeypatch.chdir(tmp_path)
     with pytest.raises(FileNotFoundError, match=r"init_ckpt .*stage1/last.ckpt not found.*python main.py fit"):
         TokenizerModule(tokenizer=shapes_config(), stage="joint", init_ckpt="runs/tokenizer_shapes/stage1/last.ckpt")
+
+
+def test_stage3_with_patchgan_and_adaptive_weight(workdir, monkeypatch):
+    """The adversarial options through the CLI: a small PatchGAN from step 0 with VQGAN's adaptive
+    weight trains both optimisers and logs the weight it used."""
+    monkeypatch.chdir(workdir)
+    fake_previous_stage(workdir / "runs/tokenizer_shapes/stage2/last.ckpt", "joint", seed=3)
+    cli = run_cli(CONFIGS[3], "--model.init_args.disc_start=0", "--model.init_args.disc_ch=8",
+                  "--model.init_args.disc_adaptive=true")
+    model = cli.model
+    assert cli.trainer.global_step >= 1 and model.disc is not None
+    assert model.disc.net[0].out_channels == 8
+    logged = cli.trainer.callback_metrics
+    assert float(logged["train/gan_weight"]) > 0 and "train/gan_d" in logged

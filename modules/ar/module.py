@@ -15,6 +15,7 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 
+from modules.common.lr_schedule import warmup_cosine
 from modules.ar import tasks
 from modules.ar.config import ARConfig
 from modules.ar.loss import ar_loss
@@ -46,7 +47,8 @@ class ARModule(pl.LightningModule):
                  cond_dropout: float = 0.1, self_correct: bool = True, pack_row_len: int | None = None,
                  attention: Literal["auto", "sdpa", "flex"] = "auto", fused_loss: bool = True,
                  loss_backend: Literal["torch", "liger"] = "torch", lr: float = 3e-4, weight_decay: float = 0.05,
-                 betas: tuple[float, float] = (0.9, 0.95), warmup_steps: int = 100, seed: int = 0,
+                 betas: tuple[float, float] = (0.9, 0.95), warmup_steps: int = 100,
+                 lr_schedule: Literal["constant", "cosine"] = "constant", min_lr_ratio: float = 0.1, seed: int = 0,
                  text_tokenizer: Literal["bytes", "shapes-words", "hf"] = "bytes",
                  text_tokenizer_path: str | None = None):
         super().__init__()
@@ -177,9 +179,14 @@ class ARModule(pl.LightningModule):
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": self.hparams.weight_decay},
                                  {"params": no_decay, "weight_decay": 0.0}], lr=self.hparams.lr,
                                 betas=tuple(self.hparams.betas))
-        warm = max(1, self.hparams.warmup_steps)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warm))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(
+            self.hparams.warmup_steps, self._total_steps(), self.hparams.lr_schedule == "cosine",
+            self.hparams.min_lr_ratio))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def _total_steps(self) -> int:
+        trainer = self._trainer
+        return max(1, int(trainer.estimated_stepping_batches)) if trainer is not None else 1
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:

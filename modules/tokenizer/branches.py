@@ -92,6 +92,11 @@ class CNNDecoder(nn.Module):
         layers += [norm(c), nn.SiLU(), nn.Conv2d(c, out_channels, 3, padding=1)]
         self.net = nn.Sequential(*layers)
 
+    @property
+    def last_layer(self) -> torch.Tensor:
+        """Weight of the output conv (where VQGAN's adaptive GAN weight compares gradients)."""
+        return self.net[-1].weight
+
     def forward(self, z_BChw: torch.Tensor) -> torch.Tensor:
         return self.net(z_BChw)
 

@@ -8,7 +8,6 @@ previous stage's checkpoint given as `init_ckpt`.
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,9 +16,10 @@ import numpy as np
 import torch
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
+from modules.common.lr_schedule import warmup_cosine
 from modules.tokenizer.branches import CNNDecoder, widen_decoder
-from modules.tokenizer.losses import (PatchDiscriminator, PerceptualLoss, edge_weighted_l2, hinge_d_loss, hinge_g_loss,
-                                      pixel_l2, semantic_cos)
+from modules.tokenizer.losses import (PatchDiscriminator, PerceptualLoss, adaptive_gan_weight, edge_weighted_l2,
+                                      gradient_difference, hinge_d_loss, hinge_g_loss, pixel_l2, semantic_cos)
 from modules.tokenizer.metrics import SemanticFidelity, build_fid_extractor, frechet_from_features
 from modules.tokenizer.quantizer import codebook_stats
 from modules.tokenizer.semantic import build_teacher
@@ -47,12 +47,15 @@ class TokenizerModule(pl.LightningModule):
         warmup_steps: int = 0,
         w_pixel: float = 1.0,
         edge_focus: float = 0.0,  # pixel L2 weighted 1 + edge_focus on the target's Sobel outlines; 0 = plain L2
+        w_gradient: float = 0.0,  # gradient difference loss (sharp outlines); 0 = off
         w_vq: float = 1.0,
         w_semantic: float = 1.0,
         w_perceptual: float = 1.0,
         perceptual_path: str | None = None,  # LPIPS-like TorchScript net; off when null
         disc_start: int | None = None,  # PatchGAN from this step; null = no discriminator
         disc_weight: float = 0.5,  # λ_G (TokenFlow 0.5)
+        disc_ch: int = 64,  # PatchGAN base width (pix2pix 64; 16 keeps it affordable on a CPU)
+        disc_adaptive: bool = False,  # VQGAN's adaptive λ: λ_G · ||∇L_rec|| / ||∇L_G|| at the decoder's last layer
         restart_every: int = 25,  # dead-code restart period (steps); 0 = off
         restart_threshold: float = 0.03,  # dead = usage EMA below this fraction of the mean
         val_oracle: bool = True,  # semantic fidelity with evaluation.oracle.OracleDetector
@@ -80,7 +83,7 @@ class TokenizerModule(pl.LightningModule):
             raise ValueError(f"tokenizer.teacher_dim is {cfg.teacher_dim} but the {teacher!r} teacher gives "
                              f"{self.teacher.dim}-dim features; set `tokenizer.teacher_dim: {self.teacher.dim}`")
         self._aux["perceptual"] = PerceptualLoss(perceptual_path) if perceptual_path else None
-        self.disc = PatchDiscriminator() if disc_start is not None else None
+        self.disc = PatchDiscriminator(disc_ch) if disc_start is not None else None
         if init_ckpt:
             self.load_init_checkpoint(init_ckpt)
         self._freeze_for_stage()
@@ -186,16 +189,7 @@ class TokenizerModule(pl.LightningModule):
         opt_g = torch.optim.AdamW(params, lr=self.hparams.lr, betas=self.hparams.betas,
                                   weight_decay=self.hparams.weight_decay)
         total = max(1, int(self.trainer.estimated_stepping_batches)) if self.trainer else 1
-        warm, cosine = self.hparams.warmup_steps, self.hparams.lr_schedule == "cosine"
-
-        def factor(step: int) -> float:
-            if step < warm:
-                return (step + 1) / warm
-            if not cosine:
-                return 1.0
-            t = min(1.0, (step - warm) / max(1, total - warm))
-            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t))  # cosine to 10% of lr
-
+        factor = warmup_cosine(self.hparams.warmup_steps, total, self.hparams.lr_schedule == "cosine", 0.1)
         sched = torch.optim.lr_scheduler.LambdaLR(opt_g, factor)
         if self.disc is None:
             return [opt_g], [sched]
@@ -219,6 +213,8 @@ class TokenizerModule(pl.LightningModule):
             x_rec, q, sem_pred = self.tokenizer(x, keep=self.scale_keep, decode=False)
         x_rec = self.tokenizer.decode_features(q.hat_sem, q.hat_pix)
         losses = {"pixel_l2": edge_weighted_l2(x_rec, x, hp.edge_focus) if hp.edge_focus else pixel_l2(x_rec, x)}
+        if hp.w_gradient:
+            losses["gradient"] = gradient_difference(x_rec, x)
         if self.stage != "decoder":
             losses["vq"] = q.vq_loss
         if self.teacher is not None and sem_pred is not None:
@@ -226,11 +222,16 @@ class TokenizerModule(pl.LightningModule):
         if self.perceptual is not None:
             losses["perceptual"] = self.perceptual(x_rec, x)
         gan_on = self.disc is not None and int(self.train_steps) >= hp.disc_start
+        weights = {"pixel_l2": hp.w_pixel, "gradient": hp.w_gradient, "vq": hp.w_vq,
+                   "semantic": hp.w_semantic, "perceptual": hp.w_perceptual, "gan_g": hp.disc_weight}
         if gan_on:
             losses["gan_g"] = hinge_g_loss(self.disc(x_rec))
-        weights = {"pixel_l2": hp.w_pixel, "vq": hp.w_vq, "semantic": hp.w_semantic,
-                   "perceptual": hp.w_perceptual, "gan_g": hp.disc_weight}
-        loss = sum(weights[k] * v for k, v in losses.items())
+            if hp.disc_adaptive:
+                rec = sum(weights[k] * losses[k] for k in ("pixel_l2", "gradient", "perceptual") if k in losses)
+                weights["gan_g"] = hp.disc_weight * adaptive_gan_weight(rec, losses["gan_g"],
+                                                                       self.tokenizer.pixel_decoder.last_layer)
+                losses["gan_weight"] = torch.as_tensor(weights["gan_g"])
+        loss = sum(weights[k] * v for k, v in losses.items() if k in weights)
         opt_g.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         opt_g.step()
