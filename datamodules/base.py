@@ -45,7 +45,7 @@ def bucket_batches(
 class ShardDataModule(pl.LightningDataModule):
     def __init__(
         self,
-        train_dir: str | None = None,
+        train_dir: str | list[str] | None = None,
         val_dir: str | None = None,
         batch_size: int = 16,
         val_batch_size: int | None = None,
@@ -63,6 +63,10 @@ class ShardDataModule(pl.LightningDataModule):
     def decode(self, sample: dict[str, Any]) -> Any:
         raise NotImplementedError
 
+    def decode_train(self, sample: dict[str, Any]) -> Any:
+        """Training samples (augmentation goes here); validation always uses `decode`."""
+        return self.decode(sample)
+
     def bucket_key(self, item: Any) -> Hashable:
         raise NotImplementedError
 
@@ -78,7 +82,7 @@ class ShardDataModule(pl.LightningDataModule):
             return torch.distributed.get_world_size()
         return int(os.environ.get("WORLD_SIZE", 1))  # set by torchrun/SLURM launchers before init
 
-    def batches_per_rank(self, directory: str, batch_size: int) -> int:
+    def batches_per_rank(self, directory: str | list[str], batch_size: int) -> int:
         """Equal on every rank: the samples one rank would see in a pass, in whole batches."""
         total = num_samples_in(directory)
         if total < self.world_size * batch_size:
@@ -86,7 +90,7 @@ class ShardDataModule(pl.LightningDataModule):
                              f"{self.world_size} rank(s); lower the batch size or write more samples")
         return total // (self.world_size * batch_size)
 
-    def _loader(self, directory: str | None, batch_size: int, train: bool):
+    def _loader(self, directory: str | list[str] | None, batch_size: int, train: bool):
         if directory is None:
             raise ValueError(
                 f"{type(self).__name__} has no {'train_dir' if train else 'val_dir'}; set "
@@ -95,7 +99,7 @@ class ShardDataModule(pl.LightningDataModule):
         urls = shard_urls(directory)
         stream, counter = make_stream(
             urls,
-            self.decode,
+            self.decode_train if train else self.decode,
             shuffle=train,
             seed=self.seed + (self.trainer.current_epoch if self.trainer is not None else 0),
             repeat=True,  # infinite per worker; the loader cuts equal epochs per rank

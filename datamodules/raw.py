@@ -41,6 +41,23 @@ def decode_raw_sample(sample: dict[str, Any], resize_to: int | None = None, mult
     return {"image": image_CHW, **maps, "text": text, "meta": meta, "key": sample.get("__key__")}
 
 
+def random_crop(item: dict[str, Any], size: int, multiple_of: int, rng: np.random.Generator) -> dict[str, Any]:
+    """A random window of at most size x size (sides multiples of `multiple_of`) of a decoded
+    sample, label maps alike (VQGAN trains its tokenizer on random crops). The scene metadata no
+    longer describes the window, so it is replaced by the crop box: oracle metrics skip it."""
+    h, w = item["image"].shape[1:]
+    ch, cw = min(h, size) // multiple_of * multiple_of, min(w, size) // multiple_of * multiple_of
+    if (ch, cw) == (h, w):
+        return item
+    top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+    window = (slice(top, top + ch), slice(left, left + cw))
+    out = {**item, "image": item["image"][(slice(None), *window)],
+           "meta": {"crop": [top, left, ch, cw], "source_size": [int(h), int(w)]}}
+    for name in ("class_map", "color_map"):
+        out[name] = item[name][window]
+    return out
+
+
 def collate_raw(items: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "image": torch.stack([it["image"] for it in items]),
@@ -64,7 +81,7 @@ class RawShardDataModule(ShardDataModule):
 
     def __init__(
         self,
-        train_dir: str | None = None,
+        train_dir: str | list[str] | None = None,
         val_dir: str | None = None,
         batch_size: int = 16,
         val_batch_size: int | None = None,
@@ -73,12 +90,22 @@ class RawShardDataModule(ShardDataModule):
         multiple_of: int = 1,
         seed: int = 0,
         shuffle_buffer: int = 256,
+        train_crop: int | None = None,
     ):
         super().__init__(train_dir, val_dir, batch_size, val_batch_size, num_workers, seed, shuffle_buffer)
-        self.resize_to, self.multiple_of = resize_to, multiple_of
+        if train_crop is not None and train_crop < multiple_of:
+            raise ValueError(f"train_crop {train_crop} is below multiple_of {multiple_of}; use a crop side of at "
+                             f"least one token ({multiple_of} px) or null for no cropping")
+        self.resize_to, self.multiple_of, self.train_crop = resize_to, multiple_of, train_crop
+        self._crop_rng = np.random.default_rng(seed)
 
     def decode(self, sample):
         return decode_raw_sample(sample, self.resize_to, self.multiple_of)
+
+    def decode_train(self, sample):
+        item = self.decode(sample)
+        return item if self.train_crop is None else random_crop(item, self.train_crop, self.multiple_of,
+                                                                self._crop_rng)
 
     def bucket_key(self, item):
         return tuple(item["image"].shape[1:])

@@ -17,10 +17,10 @@ import logging
 import os
 import random
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import numpy as np
 import webdataset as wds
@@ -135,8 +135,22 @@ def read_index(directory: str | os.PathLike) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def shard_urls(location: str | os.PathLike) -> list[str]:
-    """All complete `.tar` shards in a directory (sorted), or the files a glob names."""
+Locations = Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]]
+
+
+def _as_list(location: Locations) -> list:
+    return [location] if isinstance(location, (str, os.PathLike)) else list(location)
+
+
+def shard_urls(location: Locations) -> list[str]:
+    """All complete `.tar` shards in a directory (sorted), the files a glob names, or those of
+    several directories in turn (a list: e.g. general scenes plus larger-scale ones)."""
+    locations = _as_list(location)
+    if len(locations) != 1:
+        if not locations:
+            raise FileNotFoundError("an empty list of shard directories was given")
+        return [url for loc in locations for url in shard_urls(loc)]
+    location = locations[0]
     path = Path(location)
     if any(ch in str(location) for ch in "*?["):
         urls = sorted(str(p) for p in Path().glob(str(location)))
@@ -152,9 +166,10 @@ def shard_urls(location: str | os.PathLike) -> list[str]:
     return urls
 
 
-def num_samples_in(location: str | os.PathLike) -> int:
-    """Sample count from index.json (exact), used to size epochs equally on every rank."""
-    return int(read_index(location)["total"])
+def num_samples_in(location: Locations) -> int:
+    """Sample count from index.json (exact; summed over a list of directories), used to size
+    epochs equally on every rank."""
+    return sum(int(read_index(loc)["total"]) for loc in _as_list(location))
 
 
 class CorruptSampleCounter:

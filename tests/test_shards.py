@@ -4,11 +4,13 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
+import webdataset as wds
 from PIL import Image
 
 from datamodules.base import bucket_batches
 from datamodules.raw import RawShardDataModule
-from datamodules.shards import num_samples_in, shard_urls, write_shards
+from datamodules.shards import decode_json, num_samples_in, shard_urls, write_shards
 
 
 def _image_sample(i: int) -> dict:
@@ -97,3 +99,41 @@ def test_resize_to_multiple_of_patch(tmp_path):
         h, w = batch["image"].shape[2:]
         assert h % 16 == 0 and w % 16 == 0
         assert batch["class_map"].shape[1:] == (h, w)
+
+
+def test_a_list_of_directories_reads_every_shard_and_sums_counts(tmp_path):
+    write_shards(_image_sample, 25, tmp_path / "a", samples_per_shard=10)
+    write_shards(lambda i: _image_sample(100 + i), 7, tmp_path / "b", samples_per_shard=10)
+    dirs = [str(tmp_path / "a"), str(tmp_path / "b")]
+    assert shard_urls(dirs) == shard_urls(dirs[0]) + shard_urls(dirs[1]) and len(shard_urls(dirs)) == 4
+    assert num_samples_in(dirs) == 32
+    with pytest.raises(FileNotFoundError, match="nope"):
+        shard_urls([dirs[0], str(tmp_path / "nope")])
+
+
+def test_train_crop_cuts_training_windows_only(tmp_path):
+    """Training images above train_crop come out as random windows (image and label maps cut
+    alike, scene metadata replaced by the box); validation images are never cropped."""
+    write_shards(_image_sample, 16, tmp_path / "d", samples_per_shard=8)  # 32x32 and 32x64
+    dm = RawShardDataModule(train_dir=[str(tmp_path / "d")], val_dir=str(tmp_path / "d"), batch_size=4,
+                            train_crop=16, multiple_of=8)
+    train = [b for _, b in zip(range(4), dm.train_dataloader())]
+    assert all(tuple(b["image"].shape[-2:]) == (16, 16) and tuple(b["class_map"].shape[-2:]) == (16, 16)
+               for b in train)
+    assert all("crop" in m and "index" not in m for b in train for m in b["meta"])
+    full = {m["index"]: (img, cls) for b in dm.val_dataloader()
+            for img, cls, m in zip(b["image"], b["class_map"], b["meta"])}
+    assert {tuple(img.shape[-2:]) for img, _ in full.values()} == {(32, 32), (32, 64)}
+    keys = {s["__key__"]: decode_json(s["json"])["index"] for s in wds.WebDataset(shard_urls(tmp_path / "d"),
+                                                                                  shardshuffle=False, empty_check=False)}
+    tops = set()
+    for b in train:  # every window is the source at its box
+        for img, cls, meta, key in zip(b["image"], b["class_map"], b["meta"], b["key"]):
+            top, left, h, w = meta["crop"]
+            src_img, src_cls = full[keys[key]]
+            assert torch.equal(img, src_img[:, top:top + h, left:left + w])
+            assert torch.equal(cls, src_cls[top:top + h, left:left + w])
+            tops.add((top, left))
+    assert len(tops) > 3  # random windows, not one fixed corner
+    with pytest.raises(ValueError, match="train_crop 4"):
+        RawShardDataModule(train_dir=str(tmp_path / "d"), train_crop=4, multiple_of=8)
