@@ -47,6 +47,7 @@ def workdir(tmp_path_factory):
     sizes = [(64, 64)] * 8 + [(88, 48)] * 4  # two aspect-ratio buckets
     write_raw_shards(root / "data/shapes/tok64m16/train", sizes, seed=0)
     write_raw_shards(root / "data/shapes/tok64m16/val", [(64, 64)] * 4, seed=5)
+    write_raw_shards(root / "data/shapes/tok128m32/train", [(128, 128)] * 4, seed=7)  # cropped to 64 px
     return root
 
 
