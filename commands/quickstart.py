@@ -112,8 +112,8 @@ def stage_world(sizes: Sizes) -> Callable[[Path], dict[str, Any]]:
 
         # Training scenes in three aspect ratios (buckets), square validation scenes; 64 px. Objects
         # are at least 16 px (two 8-px tokens) so that the tokenizer keeps their outlines. The
-        # tokenizer trains on general scenes (like its validation set) plus 64 px windows of the
-        # 128 px scenes (objects 4-6 tokens wide, as the AR model draws them at 128 px); the AR
+        # tokenizer trains on general scenes (like its validation set), its decoder also on 64 px
+        # windows of the 128 px scenes (objects 4-6 tokens wide, as the AR model draws them); the AR
         # model's 64 px set has half its scenes realise GenEval-template prompts of another seed
         # (simple compositions a small AR model learns from in minutes). A shared, mixed set cost
         # the tokenizer's stage-2 agreement 0.64 -> 0.52.
@@ -176,7 +176,8 @@ def stage_tokenizer(k: int, sizes: Sizes, world: dict, previous: str | None) -> 
     def body(stage_dir: Path) -> dict[str, Any]:
         callbacks = [] if k == 3 else [{"class_path": "callbacks.scale_dropping.ScaleDropping",
                                         "init_args": {"drop_prob": 0.5}}]
-        train = [world["train"], world["train128"]]  # the configs' train_crop cuts 64 px windows of the latter
+        # stage 3 (decoder only) also learns from 64 px windows of the 128 px scenes (its train_crop)
+        train = [world["train"], world["train128"]] if k == 3 else world["train"]
         overlay = {"data": {"init_args": {"train_dir": train, "val_dir": world["val"]}},
                    "trainer": _trainer_outputs(stage_dir, callbacks)}
         if sizes.tokenizer_steps is not None:
