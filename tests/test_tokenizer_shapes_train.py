@@ -60,7 +60,7 @@ def test_three_stages_improve_and_keep_codebook_usage(stage_metrics):
     assert m[3]["val/agreement"] > m[1]["val/agreement"]
     assert m[3]["val/codebook_usage"] >= 0.8
     assert m[3]["val/agreement_color_position"] >= 0.95  # what/where kept except the shape class (measured 0.984)
-    assert m[3]["val/agreement"] >= 0.65  # 16-px shapes mostly survive at 64 px (measured 0.73 with 256 codes)
+    assert m[3]["val/agreement"] >= 0.65  # 16-px shapes mostly survive at 64 px (measured 0.72-0.73 with 256 codes)
 
 
 @pytest.mark.slow
@@ -71,8 +71,8 @@ def test_held_out_oracle_agreement_target_at_128px(stage_metrics):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="64 px scenes hold objects of 16 px = 2x2 tokens: agreement 0.73 after 12.5 CPU-min "
-                          "(colour + position + count: 0.98; 0.98 at 128 px); the misses are stars and diamonds drawn "
+@pytest.mark.xfail(reason="64 px scenes hold objects of 16 px = 2x2 tokens: agreement 0.72-0.73 in 11-12.5 CPU-min "
+                          "(colour + position + count: 0.98; 0.97-0.98 at 128 px); the misses are stars and diamonds drawn "
                           "with rounded points", strict=False)
 def test_held_out_oracle_agreement_target_at_64px(stage_metrics):
     assert stage_metrics[3]["val/agreement"] >= 0.9
