@@ -15,13 +15,13 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 
-from modules.common.lr_schedule import warmup_cosine
 from modules.ar import tasks
 from modules.ar.config import ARConfig
 from modules.ar.loss import ar_loss
 from modules.ar.model import ARDecoder
 from modules.ar.sequence import SequenceBuilder, Tokens, collate
 from modules.common.attention_mask import FLEX_BLOCK, flex_block_mask
+from modules.common.lr_schedule import warmup_cosine
 from modules.text import build_text_tokenizer
 
 

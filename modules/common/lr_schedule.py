@@ -8,8 +8,7 @@ from typing import Callable
 def warmup_cosine(warmup_steps: int, total_steps: int, cosine: bool = True,
                   min_ratio: float = 0.1) -> Callable[[int], float]:
     """Linear warm-up over `warmup_steps`, then constant, or a half cosine from 1 to `min_ratio`
-    at `total_steps` (Loshchilov & Hutter 2017, SGDR without restarts). Short CPU runs gain most
-    from the decay: the last steps take small, low-noise updates."""
+    at `total_steps` (Loshchilov & Hutter 2017, SGDR without restarts)."""
     if not 0.0 <= min_ratio <= 1.0:
         raise ValueError(f"min_ratio must be in [0, 1], got {min_ratio}")
     warm = max(1, int(warmup_steps))
