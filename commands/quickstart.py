@@ -28,7 +28,7 @@ class Sizes:
     val_scenes: int
     geneval_images_per_prompt: int
     geneval_prompts: int | None  # None = all 553
-    train128_scenes: int  # 128 px scenes for the curriculum's second phase
+    train128_scenes: int  # 128 px scenes: tokenizer stage-3 crops and the AR model's 128 px shards
     tokenizer_steps: tuple[int, int, int] | None  # None: the stage configs' own max_steps
     tokenizer_scale_drop: float  # ScaleDropping rate in stages 1-2 (the configs' own: NF's 0.5)
     ar_steps: int
@@ -43,8 +43,8 @@ class Sizes:
             return cls(train_scenes=3000, val_scenes=256, train128_scenes=1500, geneval_images_per_prompt=1,
                        geneval_prompts=None, tokenizer_steps=None, ar_steps=700, ar_minutes=10,
                        # no scale dropping: with NF's 50 % the codes came out more spread (val
-                       # perplexity 151 vs 89 of 256) and the 10-minute AR model's GenEval at 128 px
-                       # fell from 0.18 to 0.01; the stage configs keep 0.5
+                       # perplexity 151 vs 88 of 256) and AR models trained on such codes stayed near
+                       # GenEval 0 (0.18 without, 128 px); the stage configs keep 0.5
                        tokenizer_scale_drop=0.0,
                        # no 128 px phase: 50 steps of it (all the budget allows) took a 583-step
                        # model's GenEval at 128 px from 0.18 to 0.02; the normalised 3D RoPE
@@ -57,7 +57,8 @@ class Sizes:
                               "editcanvas_per_task": 1, "understanding_scenes": 8, "width": 128, "height": 128})
         if name == "toy":
             return cls(train_scenes=96, val_scenes=64, train128_scenes=16, geneval_images_per_prompt=1,
-                       geneval_prompts=24, tokenizer_steps=(3, 2, 2), tokenizer_scale_drop=0.5, ar_steps=6, ar_minutes=5, ar_switch_step=4,
+                       geneval_prompts=24, tokenizer_steps=(3, 2, 2), tokenizer_scale_drop=0.5, ar_steps=6,
+                       ar_minutes=5, ar_switch_step=4,
                        ar_batches_per_epoch=2,
                        suite={"geneval_limit": 6, "images_per_prompt": 1, "dpg_prompts": 2,
                               "editcanvas_per_task": 1, "understanding_scenes": 1})
@@ -202,8 +203,8 @@ def stage_tokenizer(k: int, sizes: Sizes, world: dict, previous: str | None) -> 
 
 
 def stage_tokenizer_val128(world: dict, checkpoint: str) -> Callable[[Path], dict[str, Any]]:
-    """The finished tokenizer's validation metrics on held-out 128 px scenes: the resolution the
-    AR model is evaluated at (its curriculum's last phase)."""
+    """The finished tokenizer's validation metrics on held-out 128 px scenes, the resolution the
+    AR model is evaluated at."""
 
     def body(stage_dir: Path) -> dict[str, Any]:
         overlay = {"data": {"init_args": {"train_dir": None, "val_dir": world["val128"]}},
