@@ -24,7 +24,7 @@ LIGHTNING_COMMANDS = {
 }
 # Project subcommands live in commands/<name>.py and are listed here in the order of the pipeline.
 # Modules whose LightningModules / LightningDataModules / callbacks configs may name by short class name.
-# (Listed here rather than imported by the package __init__s, so that `import datamodules.shapes`
+# (Listed here rather than imported by the package __init__s, so that `import shapes`
 # stays light.)
 REGISTERED_CLASS_MODULES = (
     "datamodules.raw", "datamodules.pretokenized_dm",

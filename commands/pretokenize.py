@@ -10,7 +10,6 @@ only the quantiser.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -21,14 +20,6 @@ import torch
 from commands import UsageError
 
 log = logging.getLogger(__name__)
-
-
-def checkpoint_fingerprint(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
 
 
 class _RawShardEncoder:
@@ -139,7 +130,7 @@ def run(
         device: torch device for the tokenizer ("cpu", "cuda").
     """
     from datamodules.shards import read_index, shard_urls, write_shards
-    from modules.tokenizer import load_tokenizer
+    from modules.tokenizer import checkpoint_fingerprint, load_tokenizer
 
     if not 0.0 <= self_correct <= 1.0:
         raise UsageError(f"--self_correct {self_correct} is not a fraction; use a value in [0, 1] (NextFlow: 0.6)")

@@ -146,7 +146,7 @@ def stage_world(sizes: Sizes) -> Callable[[Path], dict[str, Any]]:
 
 def stage_preview(world_dir: Path) -> Callable[[Path], dict[str, Any]]:
     def body(stage_dir: Path) -> dict[str, Any]:
-        from evaluation.grids import write_caption_grid
+        from commands.world import write_caption_grid
 
         path = write_caption_grid(world_dir / "val", stage_dir / "preview.png", num=16)
         return {"preview": str(path)}

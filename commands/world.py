@@ -8,14 +8,14 @@ from typing import Any, Callable, Literal
 import numpy as np
 
 from commands import UsageError
-from datamodules.shapes.captions import captions
-from datamodules.shapes.dpg import dpg_item, write_dpg_csv
-from datamodules.shapes.edits import EDIT_KINDS, sample_edit, sample_subject_pair
-from datamodules.shapes.palette import BACKGROUND_KINDS, COLOR_NAMES, SHAPES
-from datamodules.shapes.prompts import DEFAULT_PROMPTS_PATH, geneval_prompts, load_prompts, scene_for_prompt, write_prompts
-from datamodules.shapes.render import render
-from datamodules.shapes.scene import MAX_ASPECT, MIN_ASPECT, MIN_CANVAS_SIDE, MIN_OBJECT_PX, Scene, sample_scene
-from datamodules.shapes.video import make_video
+from shapes.captions import captions
+from shapes.dpg import dpg_item, write_dpg_csv
+from shapes.edits import EDIT_KINDS, sample_edit, sample_subject_pair
+from shapes.palette import BACKGROUND_KINDS, COLOR_NAMES, SHAPES
+from shapes.prompts import DEFAULT_PROMPTS_PATH, geneval_prompts, load_prompts, scene_for_prompt, write_prompts
+from shapes.render import render
+from shapes.scene import MAX_ASPECT, MIN_ASPECT, MIN_CANVAS_SIDE, MIN_OBJECT_PX, Scene, sample_scene
+from shapes.video import make_video
 
 Kind = Literal["scenes", "geneval", "dpg", "edits", "subject", "videos"]
 
@@ -249,3 +249,25 @@ def run(
     print(stats.summary())
     return {"out": str(out), "kind": kind, "samples_written": stats.samples_written,
             "shards_written": stats.shards_written, "shards_skipped": stats.shards_skipped}
+
+
+def write_caption_grid(shard_dir: str | Path, out_png: str | Path, num: int = 16) -> Path:
+    """Preview of a raw shard directory: the first `num` images with their short captions."""
+    import json
+
+    import webdataset as wds
+
+    from datamodules.shards import decode_png, shard_urls
+    from evaluation.grids import image_grid
+
+    images, captions = [], []
+    for sample in wds.WebDataset(shard_urls(shard_dir), shardshuffle=False, empty_check=False):
+        meta = json.loads(sample["json"]) if "json" in sample else {}
+        images.append(decode_png(sample["png"]))
+        captions.append((meta.get("captions") or {}).get("short") or meta.get("prompt", ""))
+        if len(images) == num:
+            break
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    image_grid(images, captions=captions, cell=128).save(out)
+    return out

@@ -20,7 +20,7 @@ import torch
 
 from datamodules.base import ShardDataModule
 from datamodules.shards import decode_npy
-from modules.ar.sequence import split_scales
+from modules.common.sequence import split_scales
 from modules.common.scale_schedule import ScaleSchedule
 from modules.text import build_text_tokenizer
 

@@ -66,7 +66,7 @@ class Mask2FormerDetector:
 
 
 def _oracle(**kwargs: Any) -> Detector:
-    from evaluation.oracle import OracleConfig, OracleDetector
+    from shapes.oracle import OracleConfig, OracleDetector
     return OracleDetector(OracleConfig(**kwargs)) if kwargs else OracleDetector()
 
 

@@ -103,7 +103,7 @@ def prompts_from_records(records: Iterable[Mapping[str, Any]]) -> dict[str, DPGP
 
 
 def prompts_from_items(items: Iterable[Mapping[str, Any]]) -> dict[str, DPGPrompt]:
-    """World items from datamodules.shapes.dpg.dpg_items ({item_id, prompt, questions}) -> prompts."""
+    """World items from shapes.dpg.dpg_items ({item_id, prompt, questions}) -> prompts."""
     return prompts_from_records(
         {"item_id": item["item_id"], "text": item.get("prompt", ""), **q,
          "question_natural_language": q.get("question_natural_language", q.get("question"))}

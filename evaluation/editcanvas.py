@@ -45,7 +45,7 @@ def shapes_editcanvas_set(seed: int = 0, per_task: int = 4, width: int = 64, hei
                           tasks: Sequence[str] = tuple(TASK_GROUPS)) -> list[dict]:
     """`per_task` samples of every task, deterministic per seed (sample j of task t uses
     rng([seed, t, j])). Samples are JSON-able: scenes as dicts, images rendered on demand."""
-    from datamodules.shapes.edits import EDIT_KINDS, sample_edit, sample_subject_pair
+    from shapes.edits import EDIT_KINDS, sample_edit, sample_subject_pair
 
     unknown = [t for t in tasks if t not in TASK_GROUPS]
     if unknown:
@@ -73,8 +73,8 @@ def shapes_editcanvas_set(seed: int = 0, per_task: int = 4, width: int = 64, hei
 
 def sample_images(sample: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """Rendered source (the edit input / the subject reference) and target (ground truth)."""
-    from datamodules.shapes.render import render
-    from datamodules.shapes.scene import Scene
+    from shapes.render import render
+    from shapes.scene import Scene
 
     w, h = sample["width"], sample["height"]
     return {"source": render(Scene.from_dict(sample["source"]), w, h).image,

@@ -27,8 +27,8 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 from scipy import ndimage
 
-from datamodules.shapes.render import render
-from datamodules.shapes.scene import Scene, ShapeObject
+from shapes.render import render
+from shapes.scene import Scene, ShapeObject
 from evaluation.backends import load_backend
 from evaluation.shapes_vqa import background_kind, place_of
 
@@ -55,7 +55,7 @@ class ShapesOracleJudge:
 
     def __init__(self, detector=None, min_score: float = 0.3, tone_tolerance: float = 7.0):
         if detector is None:
-            from evaluation.oracle import OracleDetector
+            from shapes.oracle import OracleDetector
             detector = OracleDetector()
         self.detector, self.min_score, self.tone_tolerance = detector, min_score, tone_tolerance
 
@@ -98,7 +98,7 @@ class ShapesOracleJudge:
 
     def quality(self, image: np.ndarray, every: list[dict]) -> dict:
         """naturalness (mean confidence) and artifacts (unexplained non-background pixels), 0-10."""
-        from evaluation.oracle import OracleConfig, estimate_background, unmix
+        from shapes.oracle import OracleConfig, estimate_background, unmix
 
         cfg = getattr(self.detector, "config", None) or OracleConfig()   # the oracle's background model
         smooth = np.asarray(image, np.float32)

@@ -70,8 +70,8 @@ def render_ground_truth_layout(out_dir: str | Path, images_per_prompt: int = 4, 
                                size: int = 64, seed: int = 0) -> Path:
     """The Shapes world's own renders of its default prompts (geneval_prompts(seed)) in the
     official layout: the scorer's sanity check (overall ~1 with the oracle detector)."""
-    from datamodules.shapes.prompts import geneval_prompts, scene_for_prompt
-    from datamodules.shapes.render import render
+    from shapes.prompts import geneval_prompts, scene_for_prompt
+    from shapes.render import render
 
     metas = spread_subset(geneval_prompts(seed=seed), limit)
     rng = np.random.default_rng(seed)

@@ -11,7 +11,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from datamodules.shapes.geometry import geneval_relations
+from shapes.geometry import geneval_relations
 
 from evaluation.clip_color import GENEVAL_COLORS
 from evaluation.detectors import load_color_classifier, load_detector

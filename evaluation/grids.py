@@ -40,24 +40,3 @@ def image_grid(
             lines = textwrap.wrap(captions[k], chars)[:caption_lines]
             draw.multiline_text((x0, y0 + cell + 1), "\n".join(lines), fill=(0, 0, 0), font=font, spacing=1)
     return sheet
-
-
-def write_caption_grid(shard_dir: str | Path, out_png: str | Path, num: int = 16) -> Path:
-    """Preview of a raw shard directory: the first `num` images with their short captions."""
-    import json
-
-    import webdataset as wds
-
-    from datamodules.shards import decode_png, shard_urls
-
-    images, captions = [], []
-    for sample in wds.WebDataset(shard_urls(shard_dir), shardshuffle=False, empty_check=False):
-        meta = json.loads(sample["json"]) if "json" in sample else {}
-        images.append(decode_png(sample["png"]))
-        captions.append((meta.get("captions") or {}).get("short") or meta.get("prompt", ""))
-        if len(images) == num:
-            break
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    image_grid(images, captions=captions, cell=128).save(out)
-    return out

@@ -19,9 +19,9 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from datamodules.shapes.render import render
-from datamodules.shapes.scene import sample_scene
-from evaluation.oracle import OracleDetector
+from shapes.render import render
+from shapes.scene import sample_scene
+from shapes.oracle import OracleDetector
 
 PERTURBATIONS = ("clean", "noise", "blur", "jpeg", "resample")
 

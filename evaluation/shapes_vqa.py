@@ -1,7 +1,7 @@
 """Shapes-world oracle VQA: answers DPG-style yes/no questions from oracle detections.
 
 It reads only the image (through `OracleDetector.detect` and the detector's background model),
-never scene metadata, and parses the question wording of datamodules/shapes/dpg.py:
+never scene metadata, and parses the question wording of shapes/dpg.py:
   global     "Is the background plain?" / "Does the background have a gradient?" /
              "Is the background textured?"
   entity     "Is there a circle?"
@@ -21,8 +21,8 @@ from typing import Literal
 
 import numpy as np
 
-from datamodules.shapes.geometry import geneval_relations
-from datamodules.shapes.palette import COLOR_NAMES, SHAPES
+from shapes.geometry import geneval_relations
+from shapes.palette import COLOR_NAMES, SHAPES
 
 NUMBERS = {w: i for i, w in enumerate(("zero", "one", "two", "three", "four", "five", "six",
                                         "seven", "eight", "nine", "ten"))}
@@ -61,7 +61,7 @@ class ShapesOracleVQA:
 
     def __init__(self, detector=None, min_score: float = 0.3, on_unknown: Literal["error", "no"] = "error"):
         if detector is None:
-            from evaluation.oracle import OracleDetector
+            from shapes.oracle import OracleDetector
             detector = OracleDetector()
         self.detector, self.min_score, self.on_unknown = detector, min_score, on_unknown
         self._cache_key: tuple | None = None
@@ -101,7 +101,7 @@ class ShapesOracleVQA:
         if verdict is None:
             if self.on_unknown == "error":
                 raise ValueError(f"ShapesOracleVQA cannot parse question {question!r}; it knows the "
-                                 f"templates of datamodules/shapes/dpg.py")
+                                 f"templates of shapes/dpg.py")
             return "no"
         return "yes" if verdict else "no"
 

@@ -49,7 +49,7 @@ class SuiteConfig:
 
 
 def run_geneval(gen: Generator, out: Path, cfg: SuiteConfig) -> dict:
-    from datamodules.shapes.prompts import DEFAULT_PROMPTS_PATH
+    from shapes.prompts import DEFAULT_PROMPTS_PATH
     from evaluation.geneval import load_metadata, score_geneval, spread_subset, write_geneval_layout
 
     metas = spread_subset(load_metadata(cfg.geneval_prompts or DEFAULT_PROMPTS_PATH), cfg.geneval_limit)
@@ -62,7 +62,7 @@ def run_geneval(gen: Generator, out: Path, cfg: SuiteConfig) -> dict:
 
 
 def run_dpg(gen: Generator, out: Path, cfg: SuiteConfig) -> dict:
-    from datamodules.shapes.dpg import dpg_items, write_dpg_csv
+    from shapes.dpg import dpg_items, write_dpg_csv
     from evaluation.dpg import DPGScorer, prompts_from_items, write_results
     from evaluation.grids import image_grid
     from evaluation.shapes_vqa import ShapesOracleVQA

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from datamodules.shapes.render import render
-from datamodules.shapes.scene import sample_scene
+from shapes.render import render
+from shapes.scene import sample_scene
 from modules.tokenizer import TokenizerConfig
 
 

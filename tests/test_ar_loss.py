@@ -5,7 +5,7 @@ from modules.ar import tasks
 from modules.ar.config import ARConfig
 from modules.ar.loss import ar_loss
 from modules.ar.model import ARDecoder
-from modules.ar.sequence import SequenceBuilder, collate
+from modules.common.sequence import SequenceBuilder, collate
 from modules.common.scale_schedule import ScaleSchedule
 
 SCH = ScaleSchedule.square(4)

@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from modules.ar import tasks
 from modules.ar.config import ARConfig
 from modules.ar.model import ARDecoder
-from modules.ar.sequence import IGNORE, SequenceBuilder, collate, scale_input_features, split_scales
-from modules.ar.vocab import UnifiedVocab
+from modules.common.sequence import IGNORE, SequenceBuilder, collate, scale_input_features, split_scales
+from modules.common.vocab import UnifiedVocab
 from modules.common.scale_schedule import ScaleSchedule
 
 V = UnifiedVocab(256, 16)

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from modules.ar.config import ARConfig
-from modules.ar.vocab import UnifiedVocab
+from modules.common.vocab import UnifiedVocab
 from modules.text import ByteTokenizer, HFTokenizer, build_text_tokenizer
 
 

@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 
 from callbacks.evaluation import BenchmarkCallback
-from commands.pretokenize import checkpoint_fingerprint
+from modules.tokenizer import checkpoint_fingerprint
 from datamodules.pretokenized_dm import PretokenizedDataModule
 from evaluation.geneval import score_geneval
 from modules.ar.module import ARModule

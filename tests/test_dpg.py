@@ -100,9 +100,9 @@ def test_unknown_parent_and_csv_columns(tmp_path):
 
 
 def test_shapes_oracle_vqa_on_world_graphs(tmp_path):
-    from datamodules.shapes.dpg import dpg_items, write_dpg_csv
-    from datamodules.shapes.render import render
-    from datamodules.shapes.scene import Scene
+    from shapes.dpg import dpg_items, write_dpg_csv
+    from shapes.render import render
+    from shapes.scene import Scene
     from evaluation.shapes_vqa import ShapesOracleVQA
 
     items = dpg_items(3, seed=0, width=64, height=64)

@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from datamodules.shapes.render import render
-from datamodules.shapes.scene import Background, Scene, ShapeObject
+from shapes.render import render
+from shapes.scene import Background, Scene, ShapeObject
 from evaluation.backends import BackendError
 from evaluation.editcanvas import (EditCanvasScorer, aggregate, load_results_folder, sample_images,
                                    shapes_editcanvas_set, write_sample_folder)

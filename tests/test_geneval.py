@@ -6,15 +6,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from datamodules.shapes.geometry import geneval_relations
-from datamodules.shapes.prompts import geneval_prompts, scene_for_prompt
-from datamodules.shapes.render import render
+from shapes.geometry import geneval_relations
+from shapes.prompts import geneval_prompts, scene_for_prompt
+from shapes.render import render
 from evaluation.clip_color import ClipColorClassifier, GENEVAL_COLORS, masked_crop
 from evaluation.detectors import Mask2FormerDetector, load_color_classifier, load_detector
 from evaluation.geneval import (GenEvalResults, evaluate_image, filter_detections, geneval_reward, load_metadata,
                                 relative_position, render_ground_truth_layout, score_geneval, summarize,
                                 write_geneval_layout)
-from evaluation.oracle import OracleDetector
+from shapes.oracle import OracleDetector
 
 OFFICIAL_METADATA = Path("/work/shared/data/geneval/evaluation_metadata.jsonl")
 IMAGE = np.zeros((100, 100, 3), np.uint8)
@@ -189,7 +189,7 @@ def test_layout_round_trip_writes_official_results(tmp_path):
 
 def test_backend_loading_and_clear_errors(tmp_path):
     assert isinstance(load_detector(None), OracleDetector)
-    assert isinstance(load_detector({"class_path": "evaluation.oracle.OracleDetector"}), OracleDetector)
+    assert isinstance(load_detector({"class_path": "shapes.oracle.OracleDetector"}), OracleDetector)
     with pytest.raises(ValueError, match="unknown detector 'yolo'"):
         load_detector("yolo")
     with pytest.raises(FileNotFoundError, match="/models/m2f.pth"):

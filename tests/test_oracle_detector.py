@@ -4,11 +4,11 @@ perturbed. The slow test is the full 500-scene measurement of evaluation/measure
 import numpy as np
 import pytest
 
-from datamodules.shapes.palette import COLOR_NAMES, COLORS, SHAPES
-from datamodules.shapes.render import render
-from datamodules.shapes.scene import Background, Scene, ShapeObject
+from shapes.palette import COLOR_NAMES, COLORS, SHAPES
+from shapes.render import render
+from shapes.scene import Background, Scene, ShapeObject
 from evaluation.measure_oracle import PERTURBATIONS, format_table, measure
-from evaluation.oracle import OracleDetector, estimate_background, srgb_to_lab
+from shapes.oracle import OracleDetector, estimate_background, srgb_to_lab
 
 CLEAN_BAR = {"precision": 0.98, "recall": 0.98, "colour_accuracy": 0.98}
 PERTURBED_BAR = {"precision": 0.90, "recall": 0.90}
@@ -103,7 +103,7 @@ def test_generator_texture_is_not_detected_as_objects():
     (without the clutter gate such images scored 0.75 on GenEval single_object)."""
     from scipy import ndimage as ndi
 
-    from evaluation.oracle import OracleDetector
+    from shapes.oracle import OracleDetector
 
     rng = np.random.default_rng(0)
     detector = OracleDetector()
@@ -117,7 +117,7 @@ def test_slivers_and_specks_are_not_objects():
     """A generator's clutter leaves palette-coloured slivers and specks; the world never draws
     those (every class has a ~1:1 box of >= 10 px), so they must not pass as objects (before the
     plausibility gate, such fragments made noisy samples "correct" on single-object prompts)."""
-    from evaluation.oracle import OracleDetector
+    from shapes.oracle import OracleDetector
 
     image = np.full((64, 64, 3), (200, 190, 170), np.uint8)   # a plain non-palette background
     red = np.array(COLORS["red"], np.uint8)

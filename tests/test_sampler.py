@@ -11,7 +11,7 @@ from modules.ar.model import ARDecoder
 from modules.ar.decode_state import builder_for, prefill
 from modules.ar.sampler import (SamplingConfig, StepConfig, answer, continue_interleaved, edit_images,
                                 generate_images, sample_image, sample_step, sample_text)
-from modules.ar.sequence import collate
+from modules.common.sequence import collate
 from modules.common.scale_schedule import ScaleSchedule
 
 SCH = ScaleSchedule.square(4)  # 1, 2, 3, 4: 30 tokens

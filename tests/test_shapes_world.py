@@ -10,16 +10,16 @@ import tarfile
 import numpy as np
 import pytest
 
-from datamodules.shapes.captions import captions
-from datamodules.shapes.dpg import DPG_COLUMNS, dpg_items, read_dpg_csv, validate_graph, write_dpg_csv
-from datamodules.shapes.edits import EDIT_KINDS, make_edit, sample_edit, sample_subject_pair
-from datamodules.shapes.geometry import geneval_relations, signed_distance
-from datamodules.shapes.palette import BACKGROUND_KINDS, COLOR_NAMES, COLORS, SHAPES
-from datamodules.shapes.prompts import (DEFAULT_PROMPTS_PATH, TAG_COUNTS, dumps_prompts,
+from shapes.captions import captions
+from shapes.dpg import DPG_COLUMNS, dpg_items, read_dpg_csv, validate_graph, write_dpg_csv
+from shapes.edits import EDIT_KINDS, make_edit, sample_edit, sample_subject_pair
+from shapes.geometry import geneval_relations, signed_distance
+from shapes.palette import BACKGROUND_KINDS, COLOR_NAMES, COLORS, SHAPES
+from shapes.prompts import (DEFAULT_PROMPTS_PATH, TAG_COUNTS, dumps_prompts,
                                         geneval_prompts, load_prompts, scene_for_prompt)
-from datamodules.shapes.render import render, render_background
-from datamodules.shapes.scene import MIN_OBJECT_PX, Background, Scene, ShapeObject, gap_px, sample_scene
-from datamodules.shapes.video import make_video
+from shapes.render import render, render_background
+from shapes.scene import MIN_OBJECT_PX, Background, Scene, ShapeObject, gap_px, sample_scene
+from shapes.video import make_video
 
 CANVASES = [(64, 64), (128, 32), (32, 128), (96, 48), (48, 96)]   # 1:1, 4:1, 1:4, 2:1, 1:2
 
@@ -400,7 +400,7 @@ def test_world_prompt_mix_realises_template_prompts(tmp_path):
     captioned with it; their renders score 1 with the oracle-backed GenEval rule, objects keep
     min_object_px; the rest stay general scenes."""
     from commands.world import run
-    from datamodules.shapes.scene import Scene
+    from shapes.scene import Scene
     from evaluation.geneval_rules import evaluate_image
     from PIL import Image
 

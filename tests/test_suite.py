@@ -7,10 +7,10 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from datamodules.shapes.dpg import dpg_items
-from datamodules.shapes.prompts import DEFAULT_PROMPTS_PATH, scene_for_prompt
-from datamodules.shapes.render import render
-from datamodules.shapes.scene import Scene
+from shapes.dpg import dpg_items
+from shapes.prompts import DEFAULT_PROMPTS_PATH, scene_for_prompt
+from shapes.render import render
+from shapes.scene import Scene
 from evaluation.editcanvas import sample_images, shapes_editcanvas_set
 from evaluation.geneval import load_metadata
 from evaluation.suite import SuiteConfig, headline, run_suite

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from _tokenizer_data import scene_batch
-from datamodules.shapes.scene import Scene, ShapeObject
+from shapes.scene import Scene, ShapeObject
 from modules.tokenizer.metrics import RandConvFeatures, SemanticFidelity, frechet_from_features, scene_agreement
 from modules.tokenizer.semantic import LabelMapTeacher
 

@@ -21,7 +21,7 @@ from modules.ar.config import ARConfig
 from modules.ar.decode_state import builder_for, prefill, stack_rows
 from modules.ar.model import ARDecoder
 from modules.ar.sampler import SamplingConfig, _drop_image, generate_images, sample_step
-from modules.ar.sequence import Tokens, boi_block
+from modules.common.sequence import Tokens, boi_block
 from modules.common.rope import image_positions
 from modules.common.scale_schedule import ScaleSchedule
 

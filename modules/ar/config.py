@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from modules.ar.vocab import DEFAULT_TASK_TOKENS, UnifiedVocab
+from modules.common.vocab import DEFAULT_TASK_TOKENS, UnifiedVocab
 
 
 @dataclass
@@ -25,7 +25,7 @@ class ARConfig:
     norm_eps: float = 1e-6
     attn_bias: bool = True  # Qwen2: biases on q/k/v, none on o
     tie_embeddings: bool = True  # Qwen2.5-0.5B..3B tie; 7B does not
-    # ---- vocabulary (modules/ar/vocab.py owns the layout)
+    # ---- vocabulary (modules/common/vocab.py owns the layout)
     text_vocab_size: int = 256
     codebook_size: int = 64
     task_tokens: tuple[str, ...] = DEFAULT_TASK_TOKENS
@@ -38,6 +38,7 @@ class ARConfig:
     # ---- multiscale 3D RoPE (NF §3.2)
     rope_theta: float = 1_000_000.0
     rope_sections: tuple[int, int, int] | None = None  # frequency pairs per axis (t, row, col)
+    rope_layout: Literal["interleaved", "sectioned"] = "interleaved"  # modules/common/rope.py says why
     rope_C: float = 64.0  # spatial range [0, C]; unstated in NF, 64 = unit spacing at the 64x64 grid
     max_scales: int = 18  # NF: 18 scales at 1024 px
     block_size: int = 4096  # longest packed row accepted

@@ -1,6 +1,6 @@
 """Decoding state for KV-cached generation: the rows decoded together, their caches and key ids.
 
-`prefill` builds each row's prefix with the sequence builder (modules/ar/sequence.py) and runs
+`prefill` builds each row's prefix with the sequence builder (modules/common/sequence.py) and runs
 it; `DecodeState.feed` runs one chunk (a text token, the <boi> block, an image scale block) on
 top of the cache under the training rule (`block_causal_mask` against the cached keys' block and
 sample ids), unmasked when the chunk is one block over all-valid keys (VAR: at inference the cache
@@ -16,7 +16,7 @@ import dataclasses
 import torch
 
 from modules.ar.model import ARDecoder, KVCache
-from modules.ar.sequence import SequenceBuilder, Tokens
+from modules.common.sequence import SequenceBuilder, Tokens
 from modules.common.attention_mask import block_causal_mask
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from modules.ar.model import ARDecoder
-from modules.ar.sequence import IGNORE, Tokens
+from modules.common.sequence import IGNORE, Tokens
 from modules.common.fused_ce import fused_linear_cross_entropy, naive_linear_cross_entropy
 
 

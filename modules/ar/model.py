@@ -157,7 +157,7 @@ class ARDecoder(nn.Module):
         self.connector = Connector(c.code_dim, c.n_embd, c.connector)
         self.scale_emb = ScaleEmbedding(c.max_scales, c.n_embd)
         self.nscales_emb = NumScalesEmbedding(c.n_embd)
-        self.rope = MultiScaleRoPE(c.head_size, c.rope_sections, c.rope_theta)
+        self.rope = MultiScaleRoPE(c.head_size, c.rope_sections, c.rope_theta, c.rope_layout)
         self.blocks = nn.ModuleList(Block(c) for _ in range(c.n_layer))
         self.norm = RMSNorm(c.n_embd, c.norm_eps)
         self.lm_head = None if c.tie_embeddings else nn.Linear(c.n_embd, c.padded_vocab_size, bias=False)

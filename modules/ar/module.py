@@ -1,6 +1,6 @@
 """ARModule: Lightning glue around the unified decoder (NF §3–4).
 
-It wires the ARDecoder, the sequence builder (modules/ar/sequence.py: tokens, positions, blocks,
+It wires the ARDecoder, the sequence builder (modules/common/sequence.py: tokens, positions, blocks,
 weights) and the scale-aware fused loss (modules/ar/loss.py); hooks, logging and optimizers
 only. Batches come from `datamodules.pretokenized_dm.PretokenizedDataModule`: lists of items
 {"task", "text_ids", "schedule", "targets", "inputs", "key", "fingerprint"}; sequences are built
@@ -19,7 +19,7 @@ from modules.ar import tasks
 from modules.ar.config import ARConfig
 from modules.ar.loss import ar_loss
 from modules.ar.model import ARDecoder
-from modules.ar.sequence import SequenceBuilder, Tokens, collate
+from modules.common.sequence import SequenceBuilder, Tokens, collate
 from modules.common.attention_mask import FLEX_BLOCK, flex_block_mask
 from modules.common.lr_schedule import warmup_cosine
 from modules.text import build_text_tokenizer
@@ -86,8 +86,7 @@ class ARModule(pl.LightningModule):
         if not Path(path).is_file():
             raise FileNotFoundError(f"tokenizer checkpoint not found at {path}; train one with "
                                     "`python main.py fit --config configs/experiment/tokenizer_shapes_stage1.yaml` first")
-        from commands.pretokenize import checkpoint_fingerprint
-        from modules.tokenizer import load_tokenizer
+        from modules.tokenizer import checkpoint_fingerprint, load_tokenizer
 
         tok = load_tokenizer(path, map_location="cpu")
         return tok.code_embeddings().detach().float().cpu(), checkpoint_fingerprint(path)

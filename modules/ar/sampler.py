@@ -25,7 +25,7 @@ import torch
 from modules.ar import tasks
 from modules.ar.decode_state import DecodeState, builder_for, prefill, stack_rows
 from modules.ar.model import ARDecoder
-from modules.ar.sequence import (ImageSeg, SequenceBuilder, TextSeg, boi_block, scale_block,
+from modules.common.sequence import (ImageSeg, SequenceBuilder, TextSeg, boi_block, scale_block,
                                  scale_input_features)
 from modules.common.rope import text_positions
 from modules.common.scale_schedule import ScaleSchedule

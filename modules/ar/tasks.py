@@ -1,4 +1,4 @@
-"""Segment lists for each task, fed to `SequenceBuilder.build` (modules/ar/sequence.py).
+"""Segment lists for each task, fed to `SequenceBuilder.build` (modules/common/sequence.py).
 
     t2i          <t2i> caption(cond) [image, loss]
     i2t          <i2t> [image, no loss, closed] prompt answer <eos> (answer trained)
@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from modules.ar.sequence import ImageSeg, TextSeg, split_scales
-from modules.ar.vocab import UnifiedVocab
+from modules.common.sequence import ImageSeg, TextSeg, split_scales
+from modules.common.vocab import UnifiedVocab
 from modules.common.scale_schedule import ScaleSchedule
 
 

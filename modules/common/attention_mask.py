@@ -7,7 +7,7 @@ not later than the query's block:
 
 A text token is its own block (so text is plainly causal), all tokens of one image scale share a
 block (they see each other both ways), packed samples never see each other. Block ids must be
-non-decreasing along a sample (modules/ar/sequence.py assigns them). Padding carries sample id
+non-decreasing along a sample (modules/common/sequence.py assigns them). Padding carries sample id
 -1 and its own blocks, so a padded query still sees itself (no all-masked row, no NaN).
 
 One rule, two expressions: a dense SDPA boolean mask (CPU, tests, short rows) and a

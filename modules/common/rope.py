@@ -6,9 +6,15 @@ Every token has a 3D position (t, row, col):
 so every grid maps onto the same spatial range [0, C] (no extrapolation when the resolution
 grows) and the scale axis continues the sequence position (<boi> at p, scale blocks at p+1 ...).
 
-The head dimension's frequency pairs are split between the three axes (`sections`, Qwen2.5-VL's
-mrope layout: pairs [0, s_t) rotate with t, the next s_r with row, the last s_c with col). Each
-pair keeps its 1-D frequency θ^(-2f/d), so a text-only sequence is exactly ordinary 1-D RoPE.
+The head dimension's frequency pairs are shared between the three axes. Each pair keeps its 1-D
+frequency θ^(-2f/d), so a text-only sequence (t, t, t) is exactly ordinary 1-D RoPE whatever the
+assignment. Two assignments (`layout`):
+  "interleaved" (Qwen3-VL): pair f reads row if f % 3 == 1 and f < 3·s_row, col if f % 3 == 2 and
+      f < 3·s_col, t otherwise, so both spatial axes span high *and* low frequencies;
+  "sectioned" (Qwen2.5-VL mrope): pairs [0, s_t) read t, the next s_r row, the last s_c col. With
+      θ = 1e6 the last section's frequencies are tiny (col angles stay below ~0.01 rad over [0, C]
+      at head size 32), so a generator, which has no vision encoder to carry position, cannot
+      tell left from right. Kept for checkpoints and weights trained with it.
 """
 from __future__ import annotations
 
@@ -45,17 +51,32 @@ def apply_rope(x_BHLd: torch.Tensor, cos_BLd: torch.Tensor, sin_BLd: torch.Tenso
     return x_BHLd * cos + rot * sin
 
 
+def rope_axes(sections: tuple[int, int, int], layout: str = "interleaved") -> torch.Tensor:
+    """(d/2,) long: the axis (0 = t, 1 = row, 2 = col) each frequency pair rotates with."""
+    s_t, s_row, s_col = sections
+    pairs = s_t + s_row + s_col
+    if layout == "sectioned":
+        return torch.repeat_interleave(torch.arange(3), torch.tensor(sections))
+    if layout == "interleaved":  # Qwen3-VL's interleaved mrope rule
+        f = torch.arange(pairs)
+        axis = torch.zeros(pairs, dtype=torch.long)
+        axis[(f % 3 == 1) & (f < 3 * s_row)] = 1
+        axis[(f % 3 == 2) & (f < 3 * s_col)] = 2
+        return axis
+    raise ValueError(f"rope layout {layout!r} is not one of 'interleaved', 'sectioned'")
+
+
 class MultiScaleRoPE(nn.Module):
     """pos_BL3 (t, row, col) -> (cos_BLd, sin_BLd) for `apply_rope`."""
 
-    def __init__(self, head_size: int, sections: tuple[int, int, int], theta: float):
+    def __init__(self, head_size: int, sections: tuple[int, int, int], theta: float,
+                 layout: str = "interleaved"):
         super().__init__()
         if sum(sections) != head_size // 2:
             raise ValueError(f"rope sections {sections} must sum to head_size/2 = {head_size // 2}")
         self.sections = tuple(sections)
         self.register_buffer("inv_freq", rope_inv_freq(head_size, theta), persistent=False)
-        axis = torch.repeat_interleave(torch.arange(3), torch.tensor(sections))
-        self.register_buffer("axis", axis, persistent=False)  # (d/2,) which axis each pair reads
+        self.register_buffer("axis", rope_axes(sections, layout), persistent=False)  # (d/2,) axis per pair
 
     def forward(self, pos_BL3: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pos_BLf = pos_BL3.float()[..., self.axis]  # (B, L, d/2): each pair's own axis

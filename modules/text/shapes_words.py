@@ -22,13 +22,13 @@ def world_texts(num_scenes: int = 400, seed: int = 0) -> Iterator[str]:
     """Every kind of text the Shapes world writes: captions (short, dense), GenEval prompts, DPG
     prompts and questions, edit instructions, subject prompts, video captions, understanding
     questions and answers."""
-    from datamodules.shapes.captions import captions
-    from datamodules.shapes.dpg import dpg_items
-    from datamodules.shapes.edits import sample_edit, sample_subject_pair
-    from datamodules.shapes.prompts import geneval_prompts
-    from datamodules.shapes.scene import sample_scene
-    from datamodules.shapes.video import make_video
-    from evaluation.understanding import understanding_items
+    from shapes.captions import captions
+    from shapes.dpg import dpg_items
+    from shapes.edits import sample_edit, sample_subject_pair
+    from shapes.prompts import geneval_prompts
+    from shapes.scene import sample_scene
+    from shapes.video import make_video
+    from shapes.questions import understanding_items
 
     rng = np.random.default_rng(seed)
     for w, h in ((64, 64), (128, 64), (64, 128)):

@@ -2,7 +2,7 @@
 
 `ByteTokenizer` (default, no files): ids 0..255 are UTF-8 bytes. `HFTokenizer` reads a HF
 `tokenizer.json` from a local path with the `tokenizers` library (optional dependency).
-End-of-text and image markers are *unified-vocabulary* specials (modules/ar/vocab.py).
+End-of-text and image markers are *unified-vocabulary* specials (modules/common/vocab.py).
 """
 from __future__ import annotations
 

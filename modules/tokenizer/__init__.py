@@ -4,7 +4,7 @@ from modules.tokenizer.quantizer import DualCodebookQuantizer, codebook_stats
 from modules.tokenizer.tokenizer import MultiScaleCodes, MultiScaleTokenizer, TokenizerConfig
 
 __all__ = ["TokenizerModule", "MultiScaleTokenizer", "MultiScaleCodes", "TokenizerConfig",
-           "DualCodebookQuantizer", "codebook_stats", "load_tokenizer"]
+           "DualCodebookQuantizer", "codebook_stats", "load_tokenizer", "checkpoint_fingerprint"]
 
 
 def load_tokenizer(path: str, map_location: str = "cpu") -> TokenizerModule:
@@ -19,3 +19,15 @@ def load_tokenizer(path: str, map_location: str = "cpu") -> TokenizerModule:
     module = TokenizerModule.load_from_checkpoint(str(p), map_location=map_location, init_ckpt=None, teacher="none",
                                                   val_oracle=False, rfid_extractor=None, weights_only=False)
     return module.eval()
+
+
+def checkpoint_fingerprint(path: str) -> str:
+    """First 16 hex digits of the checkpoint file's SHA-256: pretokenised shards and AR checkpoints
+    record it, so codes are never read with a tokenizer other than the one that wrote them."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]

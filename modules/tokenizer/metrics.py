@@ -91,7 +91,7 @@ def frechet_from_features(real_ND: np.ndarray, fake_ND: np.ndarray) -> float:
 # ----------------------------------------------------------------------------- semantic fidelity
 def scene_from_meta(meta: dict[str, Any]):
     """The Scene a raw sample's metadata describes (meta['scene'] or the meta itself), or None."""
-    from datamodules.shapes.scene import Scene
+    from shapes.scene import Scene
 
     data = meta.get("scene", meta) if isinstance(meta, dict) else None
     if not isinstance(data, dict) or "objects" not in data:
@@ -130,7 +130,7 @@ class SemanticFidelity:
 
     def __init__(self, detector=None):
         if detector is None:
-            from evaluation.oracle import OracleDetector
+            from shapes.oracle import OracleDetector
 
             detector = OracleDetector()
         self.detector = detector

@@ -58,7 +58,7 @@ class TokenizerModule(pl.LightningModule):
         disc_adaptive: bool = False,  # VQGAN's adaptive λ: λ_G · ||∇L_rec|| / ||∇L_G|| at the decoder's last layer
         restart_every: int = 25,  # dead-code restart period (steps); 0 = off
         restart_threshold: float = 0.03,  # dead = usage EMA below this fraction of the mean
-        val_oracle: bool = True,  # semantic fidelity with evaluation.oracle.OracleDetector
+        val_oracle: bool = True,  # semantic fidelity with shapes.oracle.OracleDetector
         rfid_extractor: Literal["randconv", "inception"] | None = "randconv",
         inception_dir: str | None = None,
         val_metric_images: int = 256,  # cap on images for rFID / oracle per validation

@@ -159,7 +159,7 @@ class LabelMapTeacher(nn.Module):
 
     def __init__(self):
         super().__init__()
-        from datamodules.shapes.palette import NUM_CLASS_LABELS, NUM_COLOR_LABELS
+        from shapes.palette import NUM_CLASS_LABELS, NUM_COLOR_LABELS
 
         self.num_class, self.num_color = NUM_CLASS_LABELS, NUM_COLOR_LABELS
         self.dim = NUM_CLASS_LABELS + NUM_COLOR_LABELS

@@ -1,21 +1,21 @@
 """Shape classification for the oracle detector: fit each class's outline to an object's pixels.
 
 A trained detector knows what each class looks like; here that knowledge is the Shapes world's own
-outline definitions (datamodules/shapes/geometry.py), never a scene's metadata. Shapes are
+outline definitions (shapes/geometry.py), never a scene's metadata. Shapes are
 axis-aligned and never rotated, so a class hypothesis is placed by a box alone. For each class the
 box (and an extra blur) is solved from the object's soft-coverage moments (mass, centroid, variance:
 a Gaussian blur keeps the first two and adds to the third, so blurred and resampled objects get the
 right box), the outline is rasterised there with the renderer's one-pixel anti-aliasing ramp plus
 that blur, and compared with the coverage by soft IoU. The best class wins; its IoU and its margin
-over the runner-up become the detector's confidence (evaluation/oracle.py: confidence).
+over the runner-up become the detector's confidence (shapes/oracle.py: confidence).
 """
 from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
 
-from datamodules.shapes.geometry import UNIT_POLYGONS, polygon_sdf
-from datamodules.shapes.palette import SHAPES
+from shapes.geometry import UNIT_POLYGONS, polygon_sdf
+from shapes.palette import SHAPES
 
 
 def _normalised_outline(shape: str) -> np.ndarray:

@@ -24,7 +24,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from modules.ar.vocab import UnifiedVocab
+from modules.common.vocab import UnifiedVocab
 from modules.common.attention_mask import block_causal_mask
 from modules.common.rope import image_positions, text_positions
 from modules.common.scale_schedule import ScaleSchedule

@@ -12,7 +12,7 @@ Pipeline (every step looks at the image alone, never at scene metadata):
 4. colour name: nearest palette entry in CIE Lab to the component's median unmixed colour
    b + (p - b) / alpha, so a generator's dark red is still red;
 5. shape: every class outline gets the box and blur that reproduce the object's soft-coverage
-   moments, and the best soft IoU wins (evaluation/shape_templates.py);
+   moments, and the best soft IoU wins (shapes/shape_templates.py);
 6. score: confidence from the fit (soft IoU), its margin over the runner-up and colour purity.
 
 Detections follow notes/CONTRACTS.md: {"class", "score", "bbox" xyxy pixels, "mask", "color"}.
@@ -24,9 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from datamodules.shapes.geometry import unit_half_extent
-from datamodules.shapes.palette import COLOR_NAMES, COLORS
-from evaluation.shape_templates import classify_shape
+from shapes.geometry import unit_half_extent
+from shapes.palette import COLOR_NAMES, COLORS
+from shapes.shape_templates import classify_shape
 
 PALETTE_RGB = np.array([COLORS[name] for name in COLOR_NAMES], dtype=np.float32)  # (10, 3)
 

@@ -24,7 +24,7 @@ from .scene import Scene, ShapeObject, check_canvas, place_object, sample_backgr
 TAG_COUNTS: dict[str, int] = {"single_object": 80, "two_object": 99, "counting": 80,
                               "colors": 94, "position": 100, "color_attr": 100}
 COUNTING_NUMBERS = (2, 3, 4)   # the official counting prompts use two, three and four
-DEFAULT_PROMPTS_PATH = Path(__file__).resolve().parents[2] / "configs" / "prompts" / "geneval_shapes.jsonl"
+DEFAULT_PROMPTS_PATH = Path(__file__).resolve().parents[1] / "configs" / "prompts" / "geneval_shapes.jsonl"
 
 
 def _balanced(rng: np.random.Generator, combos: Sequence[Any], n: int) -> list[Any]:
