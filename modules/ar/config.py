@@ -38,7 +38,7 @@ class ARConfig:
     # ---- multiscale 3D RoPE (NF §3.2)
     rope_theta: float = 1_000_000.0
     rope_sections: tuple[int, int, int] | None = None  # frequency pairs per axis (t, row, col)
-    rope_layout: Literal["interleaved", "sectioned"] = "interleaved"  # modules/common/rope.py says why
+    rope_layout: Literal["alternating", "interleaved", "sectioned"] = "alternating"  # rope.py says why
     rope_C: float = 64.0  # spatial range [0, C]; unstated in NF, 64 = unit spacing at the 64x64 grid
     max_scales: int = 18  # NF: 18 scales at 1024 px
     block_size: int = 4096  # longest packed row accepted

@@ -8,13 +8,21 @@ grows) and the scale axis continues the sequence position (<boi> at p, scale blo
 
 The head dimension's frequency pairs are shared between the three axes. Each pair keeps its 1-D
 frequency θ^(-2f/d), so a text-only sequence (t, t, t) is exactly ordinary 1-D RoPE whatever the
-assignment. Two assignments (`layout`):
-  "interleaved" (Qwen3-VL): pair f reads row if f % 3 == 1 and f < 3·s_row, col if f % 3 == 2 and
-      f < 3·s_col, t otherwise, so both spatial axes span high *and* low frequencies;
-  "sectioned" (Qwen2.5-VL mrope): pairs [0, s_t) read t, the next s_r row, the last s_c col. With
-      θ = 1e6 the last section's frequencies are tiny (col angles stay below ~0.01 rad over [0, C]
-      at head size 32), so a generator, which has no vision encoder to carry position, cannot
-      tell left from right. Kept for checkpoints and weights trained with it.
+assignment. Pairs are taken in triples k = (3k, 3k+1, 3k+2), highest frequencies first.
+Assignments (`layout`):
+  "alternating" (default): like "interleaved", but row and col swap slots in every odd triple
+      ((t, row, col), (t, col, row), (t, row, col), ...), so the two spatial axes get frequency
+      sets of the same spread and neither is always the lower one: the model resolves columns as
+      finely as rows (tests/test_rope.py measures both axes);
+  "interleaved" (Qwen3-VL's rule): pair f reads row if f % 3 == 1 and f < 3·s_row, col if
+      f % 3 == 2 and f < 3·s_col, t otherwise. Every col frequency is the row frequency one pair
+      earlier times θ^(-2/d), which at small head sizes makes columns markedly coarser;
+  "sectioned" (Qwen2.5-VL mrope): pairs [0, s_t) read t, the next s_row row, the last s_col col.
+      With θ = 1e6 the last section's frequencies are tiny (col angles stay below ~0.01 rad over
+      [0, C] at head size 32), so a generator, which has no vision encoder to carry position,
+      cannot tell left from right. Kept for checkpoints and weights trained with it.
+In the interleaved layouts a spatial slot of triple k serves its axis only while k < s_row
+(resp. s_col), otherwise t (Qwen3-VL's cap).
 """
 from __future__ import annotations
 
@@ -51,26 +59,32 @@ def apply_rope(x_BHLd: torch.Tensor, cos_BLd: torch.Tensor, sin_BLd: torch.Tenso
     return x_BHLd * cos + rot * sin
 
 
-def rope_axes(sections: tuple[int, int, int], layout: str = "interleaved") -> torch.Tensor:
+ROPE_LAYOUTS = ("alternating", "interleaved", "sectioned")
+
+
+def rope_axes(sections: tuple[int, int, int], layout: str = "alternating") -> torch.Tensor:
     """(d/2,) long: the axis (0 = t, 1 = row, 2 = col) each frequency pair rotates with."""
     s_t, s_row, s_col = sections
     pairs = s_t + s_row + s_col
     if layout == "sectioned":
         return torch.repeat_interleave(torch.arange(3), torch.tensor(sections))
-    if layout == "interleaved":  # Qwen3-VL's interleaved mrope rule
-        f = torch.arange(pairs)
-        axis = torch.zeros(pairs, dtype=torch.long)
-        axis[(f % 3 == 1) & (f < 3 * s_row)] = 1
-        axis[(f % 3 == 2) & (f < 3 * s_col)] = 2
-        return axis
-    raise ValueError(f"rope layout {layout!r} is not one of 'interleaved', 'sectioned'")
+    if layout not in ROPE_LAYOUTS:
+        raise ValueError(f"rope layout {layout!r} is not one of {', '.join(map(repr, ROPE_LAYOUTS))}")
+    f = torch.arange(pairs)
+    k, slot = f // 3, f % 3  # triple, slot within it (slot 0 is always t)
+    swap = (k % 2 == 1) if layout == "alternating" else torch.zeros_like(k, dtype=torch.bool)
+    row_slot = torch.where(swap, 2, 1)
+    axis = torch.zeros(pairs, dtype=torch.long)
+    axis[(slot == row_slot) & (k < s_row)] = 1
+    axis[(slot == 3 - row_slot) & (k < s_col)] = 2
+    return axis
 
 
 class MultiScaleRoPE(nn.Module):
     """pos_BL3 (t, row, col) -> (cos_BLd, sin_BLd) for `apply_rope`."""
 
     def __init__(self, head_size: int, sections: tuple[int, int, int], theta: float,
-                 layout: str = "interleaved"):
+                 layout: str = "alternating"):
         super().__init__()
         if sum(sections) != head_size // 2:
             raise ValueError(f"rope sections {sections} must sum to head_size/2 = {head_size // 2}")
