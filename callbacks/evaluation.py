@@ -6,6 +6,13 @@ the same every time, so scores are comparable across steps) and logs the headlin
 once and writes every benchmark's official layout plus `metrics.json` into the run folder.
 Scores go to every logger (CSV always; TensorBoard also gets image grids). Rank zero only:
 the suite is evaluation, not training, so other ranks need not wait on it beyond a barrier.
+
+Guards (before any image is generated): the tokenizer's code embeddings must be the AR model's
+(`ARDecoder.code_emb`), and in `validate` the suite's resolution must be one whose number of
+scales the model trained on (`ARModule.trained_scale_counts`, from its checkpoint; an untrained
+model records none and is allowed: it is the baseline). `allow_untrained_scales=True` lifts the
+second; during `fit` it only records. metrics.json says "untrained_scales" (true/false), which
+counts were untrained and which were trained.
 """
 from __future__ import annotations
 
@@ -27,12 +34,16 @@ class BenchmarkCallback(pl.Callback):
         sampling: modules.ar.sampler.SamplingConfig fields.
         out_dir: where layouts go (default: the trainer's log_dir / "benchmarks").
         tokenizer_ckpt: tokenizer checkpoint used to decode (default: the module's own).
+        allow_untrained_scales: in `validate`, score even at a number of scales the checkpoint never
+            trained on (refused by default); metrics.json then records "untrained_scales": true.
     """
 
     def __init__(self, every_n_steps: int = 0, fit_suite: dict[str, Any] | None = None,
                  validate_suite: dict[str, Any] | None = None, sampling: dict[str, Any] | None = None,
-                 out_dir: str | None = None, tokenizer_ckpt: str | None = None, batch_size: int = 8):
+                 out_dir: str | None = None, tokenizer_ckpt: str | None = None, batch_size: int = 8,
+                 allow_untrained_scales: bool = False):
         super().__init__()
+        self.allow_untrained_scales = allow_untrained_scales
         self.every_n_steps = every_n_steps
         self.fit_suite = SuiteConfig(**{"geneval_limit": 24, "images_per_prompt": 1, "dpg_prompts": 4,
                                         "editcanvas_per_task": 1, "understanding_scenes": 4, **(fit_suite or {})})
@@ -46,27 +57,65 @@ class BenchmarkCallback(pl.Callback):
     def _root(self, trainer: pl.Trainer) -> Path:
         return Path(self.out_dir or trainer.log_dir or trainer.default_root_dir) / "benchmarks"
 
-    def _generator(self, pl_module: pl.LightningModule):
-        from modules.ar.generator import ARGenerator
-        from modules.ar.sampler import SamplingConfig
-        from modules.tokenizer import load_tokenizer
-
+    def _tokenizer_path(self, pl_module: pl.LightningModule) -> str:
         path = self.tokenizer_ckpt or getattr(pl_module.hparams, "tokenizer_ckpt", None)
         if path is None:
             raise ValueError("BenchmarkCallback needs a tokenizer to decode images: set the module's "
                              "`tokenizer_ckpt` or the callback's `tokenizer_ckpt`")
+        return path
+
+    def _load_tokenizer(self, pl_module: pl.LightningModule):
+        """The tokenizer, checked once against the AR model's code embeddings."""
+        from modules.ar.sampler import tokenizer_mismatch
+        from modules.tokenizer import checkpoint_fingerprint, load_tokenizer
+
         if self._tokenizer is None:
-            self._tokenizer = load_tokenizer(path, map_location=str(pl_module.device))
-        return ARGenerator(pl_module.model, self._tokenizer, getattr(pl_module, "text_tokenizer", None),
+            path = self._tokenizer_path(pl_module)
+            tok = load_tokenizer(path, map_location=str(pl_module.device))
+            why = tokenizer_mismatch(pl_module.model, tok.code_embeddings())
+            if why is not None:
+                trained = getattr(pl_module, "trained_tokenizer_fingerprint", None)
+                raise ValueError(f"BenchmarkCallback: tokenizer {path} (file {checkpoint_fingerprint(path)}) does not "
+                                 f"match the AR model: its {why}; the model was trained with "
+                                 f"{'tokenizer file ' + trained if trained else 'another tokenizer'}: set the "
+                                 "callback's or the module's tokenizer_ckpt to that one")
+            self._tokenizer = tok
+        return self._tokenizer
+
+    def scale_check(self, pl_module: pl.LightningModule, cfg: SuiteConfig, refuse: bool) -> dict[str, Any]:
+        """{"untrained_scales", "untrained_scale_counts", "trained_scale_counts"} for the suite's
+        resolution; raises (one line) when `refuse` and the count is untrained and not allowed."""
+        from modules.ar.sampler import describe_scale_counts, untrained_scale_counts
+        from modules.common.scale_schedule import ScaleSchedule
+
+        patch = self._load_tokenizer(pl_module).patch
+        needed = ScaleSchedule.for_image(cfg.height, cfg.width, patch).num_scales
+        trained = dict(getattr(pl_module, "trained_scale_counts", None) or {}) or None
+        bad = untrained_scale_counts(trained, [needed])
+        if bad and refuse and not self.allow_untrained_scales:
+            raise ValueError(f"BenchmarkCallback: the suite's {cfg.width}x{cfg.height} px needs {needed} scales, but "
+                             f"the AR checkpoint trained only on scale counts {describe_scale_counts(trained, patch)}; "
+                             "set validate_suite's width/height to a trained resolution or the callback's "
+                             "allow_untrained_scales: true to score it anyway (metrics.json then says so)")
+        return {"untrained_scales": bool(bad), "untrained_scale_counts": bad,
+                "trained_scale_counts": None if trained is None else {str(n): k for n, k in sorted(trained.items())}}
+
+    def _generator(self, pl_module: pl.LightningModule):
+        from modules.ar.generator import ARGenerator
+        from modules.ar.sampler import SamplingConfig
+
+        return ARGenerator(pl_module.model, self._load_tokenizer(pl_module),
+                           getattr(pl_module, "text_tokenizer", None),
                            sampling=SamplingConfig.from_dict(self.sampling),
                            batch_size=self.batch_size)
 
     def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, cfg: SuiteConfig, tag: str) -> dict:
+        scales = self.scale_check(pl_module, cfg, refuse=trainer.state.fn == "validate")
         was_training = pl_module.training
         pl_module.eval()
         try:
             metrics = run_suite(self._generator(pl_module), self._root(trainer) / tag, cfg,
-                                extra={"step": trainer.global_step, "epoch": trainer.current_epoch})
+                                extra={"step": trainer.global_step, "epoch": trainer.current_epoch, **scales})
         finally:
             pl_module.train(was_training)
         scores = headline(metrics)
@@ -102,6 +151,10 @@ class BenchmarkCallback(pl.Callback):
             if getattr(self, "_last_step", None) != step:  # once per optimizer step under accumulation
                 self._last_step = step
                 self.run(trainer, pl_module, self.fit_suite, f"step_{step:07d}")
+
+    def on_validation_start(self, trainer, pl_module):
+        if trainer.state.fn == "validate" and trainer.is_global_zero:  # refuse before the validation loop
+            self.scale_check(pl_module, self.validate_suite, refuse=True)
 
     def on_validation_epoch_end(self, trainer, pl_module):
         if trainer.state.fn == "validate" and not trainer.sanity_checking and trainer.is_global_zero:

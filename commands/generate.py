@@ -138,6 +138,7 @@ def run(
     text_tokenizer_path: str | None = None,
     limit: int | None = None,
     device: str = "cpu",
+    allow_untrained_scales: bool = False,
 ) -> dict:
     """Generate images (GenEval layout), edits or text answers from an AR checkpoint.
 
@@ -165,10 +166,13 @@ def run(
         text_tokenizer_path: folder or file of the HF tokenizer.json (default: the checkpoint's).
         limit: only the first `limit` prompts.
         device: cpu or cuda.
+        allow_untrained_scales: generate even at a number of scales (resolution) the checkpoint
+            never trained on (by default that is refused: those scales' embeddings are untrained).
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from modules.ar.sampler import answer, edit_images, generate_images, load_generator
+    from modules.ar.sampler import (answer, describe_scale_counts, edit_images, generate_images, load_generator,
+                                    tokenizer_mismatch, untrained_scale_counts)
     from modules.common.scale_schedule import ScaleSchedule
     from modules.text.tokenizers import build_text_tokenizer
 
@@ -195,6 +199,15 @@ def run(
         raise UsageError(f"tokenizer {tok_path} has codebook_size {tokenizer.codebook_size} but the AR "
                          f"checkpoint {ckpt} expects {model.config.codebook_size}; pass the tokenizer it was "
                          "trained with")
+    why = tokenizer_mismatch(model, tokenizer.code_embeddings())
+    if why is not None:
+        from modules.tokenizer import checkpoint_fingerprint
+
+        trained = meta.get("tokenizer_fingerprint")
+        raise UsageError(f"tokenizer {tok_path} (file {checkpoint_fingerprint(tok_path)}) does not match the AR "
+                         f"checkpoint {ckpt}: its {why}; the AR model was trained with "
+                         f"{'tokenizer file ' + trained if trained else 'another tokenizer'}: pass that one "
+                         "with --tokenizer_ckpt")
     text_tok = build_text_tokenizer(text_tokenizer or meta.get("text_tokenizer") or "bytes",
                                     text_tokenizer_path or meta.get("text_tokenizer_path"),
                                     model.config.text_vocab_size)
@@ -207,7 +220,19 @@ def run(
         except ValueError as err:
             raise UsageError(f"prompt {no} ({h}x{w} px): {err}") from None
 
+    def check_scales(schedule: ScaleSchedule, no: int) -> None:
+        bad = untrained_scale_counts(meta.get("trained_scale_counts"), [schedule.num_scales])
+        if bad and not allow_untrained_scales:
+            h, w = schedule.final_grid
+            trained = describe_scale_counts(meta["trained_scale_counts"], patch)
+            raise UsageError(f"prompt {no}: {h * patch}x{w * patch} px needs {schedule.num_scales} scales, but the "
+                             f"AR checkpoint {ckpt} trained only on scale counts {trained}; generate at a "
+                             "trained size (--height/--width) or pass --allow_untrained_scales true")
+
     schedules = [schedule_of(it, i) for i, it in enumerate(items)]  # all sizes checked before any work
+    for i, (it, sch) in enumerate(zip(items, schedules)):
+        if task == "t2i" or (task == "edit" and ("height" in it or "width" in it)):
+            check_scales(sch, i)
     done = skipped = 0
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeRemainingColumn()) as bar:
@@ -232,6 +257,7 @@ def run(
                     if task == "edit":
                         src = encode_image(tokenizer, item["source"], base, None, patch, i)
                     sch = sch if src is None or sized else src[0]
+                    check_scales(sch, i)
                     for j in range(0, samples, batch_size):  # seed per (prompt, chunk): resumed runs agree
                         cfg_ij = dataclasses.replace(cfg, seed=cfg.seed + i + 100_003 * (j // batch_size))
                         n = min(batch_size, samples - j)

@@ -136,3 +136,44 @@ def test_model_owns_the_text_tokenizer(tmp_path):
         _trainer(tmp_path, max_steps=1).fit(ARModule(overrides=TINY, text_tokenizer="shapes-words"), wrong)
     with pytest.raises(ValueError, match="'shapes-words' has 478 ids but the model's text range is 300"):
         ARModule(overrides={**TINY, "text_vocab_size": 300}, text_tokenizer="shapes-words")
+
+
+def test_checkpoint_records_trained_scale_counts_and_rope_layout(tmp_path):
+    """Counts of the images trained on, per number of scales (i2t images are inputs, not counted),
+    go into the checkpoint; load_generator and ARModule read them back; resume accumulates."""
+    from modules.ar.module import batch_scale_counts
+    from modules.ar.sampler import load_generator
+    from modules.common.rope import rope_axes
+
+    d = make_shards(tmp_path / "s", side=3, n=8, i2t_every=0)
+    module = ARModule(overrides=TINY, warmup_steps=1)
+    trainer = _trainer(tmp_path, max_steps=2)
+    trainer.fit(module, PretokenizedDataModule(train_dir=d, batch_size=3, shuffle_buffer=1))
+    assert module.trained_scale_counts == {3: 6}
+    ckpt = tmp_path / "a.ckpt"
+    trainer.save_checkpoint(ckpt)
+    raw = torch.load(ckpt, weights_only=False)
+    assert raw["ar_trained_scale_counts"] == {3: 6} and raw["ar_rope_layout"] == "alternating"
+    _, meta = load_generator(str(ckpt))
+    assert meta["trained_scale_counts"] == {3: 6}
+    d4 = make_shards(tmp_path / "s4", side=4, n=4, i2t_every=0)
+    resumed = ARModule(overrides=TINY, warmup_steps=1)
+    _trainer(tmp_path, max_steps=3).fit(resumed, PretokenizedDataModule(train_dir=d4, batch_size=4), ckpt_path=str(ckpt))
+    assert resumed.trained_scale_counts == {3: 6, 4: 4}  # one more step, 4 images of 4 scales
+
+    # a checkpoint from before the layout was recorded was trained with the sectioned layout
+    del raw["ar_rope_layout"], raw["ar_trained_scale_counts"]
+    old = tmp_path / "old.ckpt"
+    torch.save(raw, old)
+    model, meta = load_generator(str(old))
+    assert model.config.rope_layout == "sectioned" and meta["trained_scale_counts"] is None
+    assert torch.equal(model.rope.axis, rope_axes(model.config.rope_sections, "sectioned"))
+
+    # built tokens (one row per sample, or packed) give the same counts as the items
+    mixed = make_shards(tmp_path / "m", side=2, n=4, i2t_every=2)  # samples 0 and 2 are i2t
+    batch = [it for b in PretokenizedDataModule(train_dir=mixed, batch_size=1).train_dataloader() for it in b]
+    assert sorted(it["task"] for it in batch) == ["i2t", "i2t", "t2i", "t2i"]
+    assert batch_scale_counts(batch) == {2: 2}  # i2t images are inputs, not generated
+    assert batch_scale_counts(module.make_batch(batch)) == {2: 2}
+    packer = ARModule(overrides=TINY, pack_row_len=64)
+    assert packer.make_batch(batch).ids.shape[0] < 4 and batch_scale_counts(packer.make_batch(batch)) == {2: 2}

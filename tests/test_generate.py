@@ -177,3 +177,72 @@ def test_generate_reads_an_armodule_checkpoint(ckpts, tmp_path):
     res = run(ckpt=str(tmp_path / "armodule.ckpt"), prompts=str(prompts), out=str(tmp_path / "o"), samples=1,
               height=32, width=32)
     assert res["generated"] == 1 and (tmp_path / "o" / "00000" / "samples" / "0000.png").is_file()
+
+
+def _tokenizer_ckpt(path, seed: int):
+    import lightning
+
+    from modules.tokenizer import TokenizerConfig, TokenizerModule
+
+    torch.manual_seed(seed)
+    cfg = TokenizerConfig(codebook_size=64, ch=8, ch_mult=(1, 2, 2), num_res_blocks=1, semantic_ch=8,
+                          semantic_decoder_ch=8)
+    tok = TokenizerModule(cfg, val_oracle=False, rfid_extractor=None)
+    torch.save({"state_dict": tok.state_dict(), "hyper_parameters": dict(tok.hparams),
+                "pytorch-lightning_version": lightning.__version__}, path)
+    return tok
+
+
+def test_generate_refuses_untrained_scale_counts(ckpts, tmp_path):
+    """Trained at 32 px (patch 4: 8x8 grid, 8 scales): 48 px (12x12, 10 scales) is refused with one
+    line naming both counts and the flag; the flag allows it; an untrained model is allowed."""
+    from modules.ar.sampler import load_generator
+
+    model, _ = load_generator(str(ckpts / "ar.ckpt"))
+    save_generator(model, tmp_path / "trained.ckpt", tokenizer_ckpt=str(ckpts / "tok.ckpt"),
+                   trained_scale_counts={8: 100})
+    prompts = _prompts(tmp_path, ["a red circle"], "p.txt")
+    args = dict(ckpt=str(tmp_path / "trained.ckpt"), prompts=str(prompts), samples=1, height=48, width=48)
+    with pytest.raises(UsageError) as err:
+        run(**args, out=str(tmp_path / "refused"))
+    msg = str(err.value)
+    assert "\n" not in msg and "48x48 px needs 10 scales" in msg and "scale counts 8 (32 px square)" in msg
+    assert "--allow_untrained_scales" in msg and not (tmp_path / "refused").exists()
+    assert run(**args, out=str(tmp_path / "allowed"), allow_untrained_scales=True)["generated"] == 1
+    assert run(**{**args, "height": 32, "width": 32}, out=str(tmp_path / "trained"))["generated"] == 1
+    assert load_generator(str(ckpts / "ar.ckpt"))[1]["trained_scale_counts"] is None  # untrained: allowed
+    assert run(**{**args, "ckpt": str(ckpts / "ar.ckpt")}, out=str(tmp_path / "untrained"))["generated"] == 1
+
+
+def test_generate_refuses_another_tokenizer(ckpts, tmp_path):
+    """A tokenizer whose codebook is not the one the AR model trained with (e.g. retrained at the
+    same path) is refused, naming the path and both fingerprints; a bf16 copy of the right codes
+    passes the tolerance."""
+    from modules.ar.sampler import code_fingerprint, load_generator, tokenizer_mismatch
+    from modules.tokenizer import checkpoint_fingerprint
+
+    other = _tokenizer_ckpt(tmp_path / "retrained.ckpt", seed=5)
+    model, _ = load_generator(str(ckpts / "ar.ckpt"))
+    prompts = _prompts(tmp_path, ["a red circle"], "p.txt")
+    with pytest.raises(UsageError) as err:
+        run(ckpt=str(ckpts / "ar.ckpt"), prompts=str(prompts), out=str(tmp_path / "o"), samples=1, height=32,
+            width=32, tokenizer_ckpt=str(tmp_path / "retrained.ckpt"))
+    msg = str(err.value)
+    assert "\n" not in msg and str(tmp_path / "retrained.ckpt") in msg
+    assert checkpoint_fingerprint(tmp_path / "retrained.ckpt") in msg and "--tokenizer_ckpt" in msg
+    assert code_fingerprint(other.code_embeddings()) in msg and code_fingerprint(model.code_emb) in msg
+    assert tokenizer_mismatch(model, model.code_emb.bfloat16()) is None
+    assert tokenizer_mismatch(model, model.code_emb + 0.05) is not None
+    assert "shape (32, 40)" in tokenizer_mismatch(model, model.code_emb[:32])
+
+
+def test_sampler_checkpoint_without_rope_layout_reads_as_sectioned(ckpts, tmp_path):
+    """Sampler checkpoints from before the layout was a config field were trained sectioned."""
+    from modules.ar.sampler import load_generator
+
+    raw = torch.load(ckpts / "ar.ckpt", weights_only=False)
+    assert raw["ar_config"]["rope_layout"] == "alternating"
+    assert load_generator(str(ckpts / "ar.ckpt"))[0].config.rope_layout == "alternating"
+    del raw["ar_config"]["rope_layout"]
+    torch.save(raw, tmp_path / "old.ckpt")
+    assert load_generator(str(tmp_path / "old.ckpt"))[0].config.rope_layout == "sectioned"

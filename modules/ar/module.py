@@ -78,6 +78,10 @@ class ARModule(pl.LightningModule):
         self.model.init_visual_from_codebook(code_emb)
         self.alpha = alpha
         self._gen = torch.Generator().manual_seed(seed)
+        # scale counts (images' number of scales) trained on -> images seen; saved in checkpoints so
+        # generation can refuse scale counts the model never learned (modules/ar/sampler.py)
+        self.trained_scale_counts: dict[int, int] = {}
+        self.trained_tokenizer_fingerprint = self.tokenizer_fingerprint  # replaced by a checkpoint's
 
     @staticmethod
     def _load_codes(path: str) -> tuple[torch.Tensor, str]:
@@ -188,11 +192,18 @@ class ARModule(pl.LightningModule):
         return max(1, int(trainer.estimated_stepping_batches)) if trainer is not None else 1
 
     # ------------------------------------------------------------------ checkpoints
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        for n, k in batch_scale_counts(batch).items():
+            self.trained_scale_counts[n] = self.trained_scale_counts.get(n, 0) + k
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         c = self.config
         checkpoint["ar_vocab"] = {"text_vocab_size": c.text_vocab_size, "codebook_size": c.codebook_size,
                                   "vocab_size": c.vocab_size}
         checkpoint["ar_alpha"] = self.alpha
+        checkpoint["ar_rope_layout"] = c.rope_layout
+        checkpoint["ar_trained_scale_counts"] = {int(n): int(k) for n, k in sorted(self.trained_scale_counts.items())}
+        checkpoint["ar_tokenizer_fingerprint"] = self.tokenizer_fingerprint
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         c, saved = self.config, checkpoint.get("ar_vocab")
@@ -202,3 +213,43 @@ class ARModule(pl.LightningModule):
                     raise ValueError(f"checkpoint has {key}={saved[key]} but the AR config has {getattr(c, key)}; "
                                      "use the config the checkpoint was trained with")
         self.alpha = checkpoint.get("ar_alpha", self.alpha)
+        # checkpoints written before the layout was recorded were trained with the sectioned layout
+        # (the only one then), unless their config named one
+        explicit = (self.hparams.get("overrides") or {}).get("rope_layout")
+        layout = checkpoint.get("ar_rope_layout") or explicit or "sectioned"
+        if layout != c.rope_layout:
+            from modules.common.rope import rope_axes
+
+            c.rope_layout = layout
+            self.model.rope.axis = rope_axes(c.rope_sections, layout).to(self.model.rope.axis.device)
+        self.trained_scale_counts = {int(n): int(k) for n, k in
+                                     (checkpoint.get("ar_trained_scale_counts") or {}).items()}
+        self.trained_tokenizer_fingerprint = checkpoint.get("ar_tokenizer_fingerprint")
+
+
+def batch_scale_counts(batch) -> dict[int, int]:
+    """{number of scales: images} of the images a training batch generates (has loss on): from
+    items ({"task", "schedule"}, the datamodule's lists) or from built tokens (`nscales` and
+    `weight` per token, one row per sample or packed with `sample` ids; there a sample holding
+    several images of one count counts once)."""
+    out: dict[int, int] = {}
+    if isinstance(batch, (list, tuple)) and all(isinstance(it, dict) for it in batch):
+        for it in batch:
+            sch = it.get("schedule")
+            if sch is not None and it.get("task", "t2i") != "i2t":
+                out[sch.num_scales] = out.get(sch.num_scales, 0) + 1
+        return out
+    get = batch.get if isinstance(batch, dict) else lambda k: getattr(batch, k, None)
+    nscales, weight, sample = get("nscales"), get("weight"), get("sample")
+    if not isinstance(nscales, torch.Tensor) or nscales.numel() == 0:
+        return out
+    nscales = nscales.reshape(-1, nscales.shape[-1])  # (rows, L)
+    trained = nscales > 0
+    if isinstance(weight, torch.Tensor) and weight.numel() == nscales.numel():
+        trained &= weight.reshape(nscales.shape) > 0
+    sample = sample.reshape(nscales.shape) if isinstance(sample, torch.Tensor) else torch.zeros_like(nscales)
+    row = torch.arange(nscales.shape[0])[:, None].expand_as(nscales)
+    images = torch.unique(torch.stack([row, sample, nscales], -1)[trained], dim=0)  # one per (row, sample)
+    for n, k in zip(*torch.unique(images[:, 2], return_counts=True)):
+        out[int(n)] = int(k)
+    return out

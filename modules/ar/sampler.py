@@ -335,20 +335,24 @@ def _drop_image(segs: list) -> list:
 
 # ---------------------------------------------------------------------------- checkpoints
 def save_generator(model: ARDecoder, path, tokenizer_ckpt: str | None = None, text_tokenizer: str = "bytes",
-                   text_tokenizer_path: str | None = None) -> None:
+                   text_tokenizer_path: str | None = None, trained_scale_counts: dict[int, int] | None = None) -> None:
     """A self-contained sampler checkpoint: {"ar_config", "state_dict", "tokenizer_ckpt",
-    "text_tokenizer", "text_tokenizer_path"}."""
+    "text_tokenizer", "text_tokenizer_path", "trained_scale_counts"} (the last: {number of scales:
+    images trained}, None = not recorded)."""
     cfg = {f.name: getattr(model.config, f.name) for f in dataclasses.fields(model.config) if f.init}
     torch.save({"ar_config": cfg, "state_dict": model.state_dict(), "tokenizer_ckpt": tokenizer_ckpt,
-                "text_tokenizer": text_tokenizer, "text_tokenizer_path": text_tokenizer_path}, path)
+                "text_tokenizer": text_tokenizer, "text_tokenizer_path": text_tokenizer_path,
+                "trained_scale_counts": trained_scale_counts}, path)
 
 
 def load_generator(ckpt_path: str, map_location: str = "cpu",
                    tokenizer_ckpt: str | None = None) -> tuple[ARDecoder, dict]:
-    """ARDecoder (eval) + metadata ({"tokenizer_ckpt", "text_tokenizer", "text_tokenizer_path"}
-    when known) from a sampler checkpoint
-    (`save_generator`) or an ARModule Lightning checkpoint (its `.model`; `tokenizer_ckpt`
-    overrides the path saved in its hyper-parameters)."""
+    """ARDecoder (eval) + metadata from a sampler checkpoint (`save_generator`) or an ARModule
+    Lightning checkpoint (its `.model`; `tokenizer_ckpt` overrides the path saved in its
+    hyper-parameters). Metadata: "tokenizer_ckpt", "text_tokenizer", "text_tokenizer_path",
+    "trained_scale_counts" ({number of scales: images} the model trained on; None when the
+    checkpoint recorded none) and "tokenizer_fingerprint" (of the tokenizer it trained with, when
+    recorded)."""
     from pathlib import Path
 
     from modules.ar.config import ARConfig
@@ -360,11 +364,14 @@ def load_generator(ckpt_path: str, map_location: str = "cpu",
                                 "configs/experiment/<ar experiment>.yaml` or pass the right --ckpt path")
     raw = torch.load(p, map_location=map_location, weights_only=False)
     if isinstance(raw, dict) and "ar_config" in raw:
-        model = ARDecoder(ARConfig(**raw["ar_config"]))
+        # sampler checkpoints written before the RoPE layout was a config field used "sectioned"
+        model = ARDecoder(ARConfig(**{"rope_layout": "sectioned", **raw["ar_config"]}))
         model.load_state_dict(raw["state_dict"])
         return model.to(map_location).eval(), {"tokenizer_ckpt": tokenizer_ckpt or raw.get("tokenizer_ckpt"),
                                                "text_tokenizer": raw.get("text_tokenizer", "bytes"),
-                                               "text_tokenizer_path": raw.get("text_tokenizer_path")}
+                                               "text_tokenizer_path": raw.get("text_tokenizer_path"),
+                                               "trained_scale_counts": _counts(raw.get("trained_scale_counts")),
+                                               "tokenizer_fingerprint": None}
     try:
         from modules.ar.module import ARModule  # the AR training LightningModule (issue 4)
     except ImportError as err:
@@ -381,4 +388,50 @@ def load_generator(ckpt_path: str, map_location: str = "cpu",
     if model is None:
         raise ValueError(f"no ARDecoder inside the ARModule checkpoint {p}")
     return model.eval(), {"tokenizer_ckpt": tok, "text_tokenizer": hp.get("text_tokenizer", "bytes"),
-                          "text_tokenizer_path": hp.get("text_tokenizer_path")}
+                          "text_tokenizer_path": hp.get("text_tokenizer_path"),
+                          "trained_scale_counts": _counts(raw.get("ar_trained_scale_counts")),
+                          "tokenizer_fingerprint": raw.get("ar_tokenizer_fingerprint")}
+
+
+def _counts(d) -> dict[int, int] | None:
+    return {int(n): int(k) for n, k in d.items()} if d else None
+
+
+def untrained_scale_counts(trained: dict[int, int] | None, needed) -> list[int]:
+    """The scale counts in `needed` that `trained` ({count: images}) never saw; [] when nothing was
+    recorded (an untrained model, or a checkpoint from before counts were recorded)."""
+    return sorted({int(n) for n in needed} - set(trained)) if trained else []
+
+
+def describe_scale_counts(counts, patch: int | None = None) -> str:
+    """'8 scales (64 px square)' style text naming counts and, with the tokenizer patch, the square
+    resolution each count is on the NextFlow 1:1 schedule."""
+    from modules.common.scale_schedule import NEXTFLOW_SIDES
+
+    def one(n):
+        side = NEXTFLOW_SIDES[n - 1] if 1 <= n <= len(NEXTFLOW_SIDES) else None
+        return f"{n}" + (f" ({side * patch} px square)" if side and patch else "")
+
+    return ", ".join(one(int(n)) for n in sorted(counts))
+
+
+def code_fingerprint(code_emb_KD: torch.Tensor) -> str:
+    """First 16 hex digits of the SHA-256 of the code embeddings as float32 (for messages)."""
+    import hashlib
+
+    return hashlib.sha256(code_emb_KD.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+def tokenizer_mismatch(model: ARDecoder, tokenizer_codes_KD: torch.Tensor, rtol: float = 1e-2) -> str | None:
+    """None when the tokenizer's code embeddings are the ones the AR model was trained with
+    (`ARDecoder.code_emb`, within rtol of their largest magnitude: bf16 copies pass, a retrained
+    codebook does not); otherwise why not (shapes, largest difference, both fingerprints)."""
+    mine = model.code_emb.detach().float().cpu()
+    theirs = tokenizer_codes_KD.detach().float().cpu()
+    if mine.shape != theirs.shape:
+        return (f"code embeddings of shape {tuple(theirs.shape)} but the AR model's are {tuple(mine.shape)}")
+    diff = float((mine - theirs).abs().max()) if mine.numel() else 0.0
+    if diff <= rtol * max(float(mine.abs().max()) if mine.numel() else 0.0, 1e-12):
+        return None
+    return (f"code embeddings {code_fingerprint(theirs)} differ from the AR model's {code_fingerprint(mine)} "
+            f"(max |difference| {diff:.3g})")
