@@ -40,3 +40,79 @@ def image_grid(
             lines = textwrap.wrap(captions[k], chars)[:caption_lines]
             draw.multiline_text((x0, y0 + cell + 1), "\n".join(lines), fill=(0, 0, 0), font=font, spacing=1)
     return sheet
+
+
+# ----------------------------------------------------------------------------- comparison sheets
+PASS, FAIL = (0, 150, 60), (210, 30, 30)
+
+
+def font(size: int) -> ImageFont.ImageFont:
+    """Pillow's built-in scalable font at `size` px (no system fonts needed)."""
+    return ImageFont.load_default(size=size)
+
+
+def _mark(draw: ImageDraw.ImageDraw, x0: int, y0: int, cell: int, ok: bool) -> None:
+    """A coloured frame round the cell and a badge in its top-left corner: a tick (pass) or a cross (fail)."""
+    colour = PASS if ok else FAIL
+    draw.rectangle([x0, y0, x0 + cell - 1, y0 + cell - 1], outline=colour, width=4)
+    b = max(14, cell // 7)
+    draw.rectangle([x0, y0, x0 + b, y0 + b], fill=colour)
+    if ok:
+        draw.line([(x0 + b * 0.2, y0 + b * 0.55), (x0 + b * 0.42, y0 + b * 0.78), (x0 + b * 0.82, y0 + b * 0.25)],
+                  fill="white", width=max(2, b // 7))
+    else:
+        draw.line([(x0 + b * 0.25, y0 + b * 0.25), (x0 + b * 0.75, y0 + b * 0.75)], fill="white", width=max(2, b // 7))
+        draw.line([(x0 + b * 0.25, y0 + b * 0.75), (x0 + b * 0.75, y0 + b * 0.25)], fill="white", width=max(2, b // 7))
+
+
+def comparison_sheet(
+    rows: Sequence[tuple[str, Sequence[Sequence[tuple[Path | np.ndarray | None, bool | None]]]]],
+    columns: Sequence[str],
+    cell: int = 128,
+    per_line: int | None = None,
+    pad: int = 6,
+    text_px: int = 15,
+) -> Image.Image:
+    """Prompts as rows, models as column blocks: each row starts with its full prompt (wrapped over
+    the sheet's width), then per column (model) its images at `cell` px (nearest-neighbour upscaling,
+    so pixels stay visible), `per_line` to a line (default: 4 with ≤ 2 columns, else 2). An image's
+    verdict (True / False / None) draws a green tick or red cross frame; None draws no mark; a missing
+    image (None path) leaves a grey cell."""
+    if not rows or not columns:
+        raise ValueError("comparison_sheet needs at least one row and one column")
+    per_line = per_line or (4 if len(columns) <= 2 else 2)
+    n_images = max(len(cells) for _, blocks in rows for cells in blocks) or 1
+    lines_per_block = -(-n_images // per_line)
+    block_w = min(per_line, n_images) * cell + (min(per_line, n_images) - 1) * 2
+    width = pad + len(columns) * (block_w + 3 * pad)
+    head_font, text_font = font(text_px + 2), font(text_px)
+    chars = max(20, int(width / (text_px * 0.55)))
+    line_h = text_px + 4
+    wrapped = [textwrap.wrap(prompt, chars) or [""] for prompt, _ in rows]
+    header_h = text_px + 2 + 2 * pad
+    block_h = lines_per_block * cell + (lines_per_block - 1) * 2
+    height = header_h + sum(len(w) * line_h + 2 * pad + block_h + 2 * pad for w in wrapped)
+    sheet = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(sheet)
+    for c, name in enumerate(columns):
+        draw.text((pad + c * (block_w + 3 * pad), pad), name, fill="black", font=head_font)
+    y = header_h
+    for (prompt, blocks), text in zip(rows, wrapped):
+        draw.line([(0, y), (width, y)], fill=(200, 200, 200), width=1)
+        draw.multiline_text((pad, y + pad), "\n".join(text), fill=(20, 20, 20), font=text_font, spacing=4)
+        y += len(text) * line_h + 2 * pad
+        for c, cells in enumerate(blocks):
+            bx = pad + c * (block_w + 3 * pad)
+            for k, (image, verdict) in enumerate(cells):
+                line, col = divmod(k, per_line)
+                x0, y0 = bx + col * (cell + 2), y + line * (cell + 2)
+                if image is None:
+                    draw.rectangle([x0, y0, x0 + cell - 1, y0 + cell - 1], fill=(235, 235, 235))
+                    continue
+                tile = Image.open(image).convert("RGB") if isinstance(image, (str, Path)) \
+                    else Image.fromarray(np.asarray(image, dtype=np.uint8))
+                sheet.paste(tile.resize((cell, cell), Image.NEAREST), (x0, y0))
+                if verdict is not None:
+                    _mark(draw, x0, y0, cell, bool(verdict))
+        y += block_h + 2 * pad
+    return sheet
