@@ -21,7 +21,7 @@ import html
 import json
 import re
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from commands import UsageError
 from evaluation import reporting as rp
@@ -31,11 +31,11 @@ Block = tuple
 Section = tuple[str, list[Block]]
 
 
-def baseline_folders(baselines: Optional[list[str]], baseline: Optional[str] = None) -> dict[str, Path]:
-    """"name=path" (or a bare path, named by its folder) -> {name: path}; UsageError for a folder
-    that is not a run directory."""
+def baseline_folders(baselines: Optional[Union[list[str], str]], baseline: Optional[str] = None) -> dict[str, Path]:
+    """"name=path" items (or bare paths, named by their folder; one string may hold several, comma-separated)
+    -> {name: path}; UsageError for a folder that is not a run directory."""
     items = [f"baseline={baseline}"] if baseline else []
-    items += list(baselines or [])
+    items += [x for x in baselines.split(",") if x.strip()] if isinstance(baselines, str) else list(baselines or [])
     out: dict[str, Path] = {}
     for item in items:
         name, _, path = item.partition("=") if "=" in item else (Path(item).name, "", item)
@@ -267,7 +267,7 @@ def print_terminal(title: str, header: list[str], rows: list[list[Any]], out: Pa
 
 
 def run(path: str, out: Optional[str] = None, baseline: Optional[str] = None,
-        baselines: Optional[list[str]] = None, curves: Optional[str] = None, title: Optional[str] = None) -> str:
+        baselines: Optional[Union[list[str], str]] = None, curves: Optional[str] = None, title: Optional[str] = None) -> str:
     """Write report.md + report.html (PNG figures in report_files/ next to them) for a run or sweep directory.
 
     Args:
@@ -276,7 +276,8 @@ def run(path: str, out: Optional[str] = None, baseline: Optional[str] = None,
         out: where to write the report (default: the directory itself).
         baseline: one baseline suite folder (shown as "baseline"); same as --baselines '[baseline=DIR]'.
         baselines: baseline suite folders in the same layout, as name=path (a bare path is named by its
-            folder), e.g. '[untrained=runs/q/validate_untrained/benchmarks/validate, random_scenes=runs/q/baselines/random_scenes]'.
+            folder): `--baselines untrained=A,random_scenes=B`, or a list `--baselines '[untrained=A, random_scenes=B]'`,
+            or repeated `--baselines+ ground_truth=C`.
         curves: folder searched (any depth) for Lightning metrics.csv files, one training stage each
             (default: the run directory).
         title: report title (default: the directory name).
@@ -301,7 +302,6 @@ def run(path: str, out: Optional[str] = None, baseline: Optional[str] = None,
         loaded = rp.load_run(root)
         sections = run_sections(loaded, files, baselines=base_runs, curves=Path(curves) if curves else None)
         header, rows = headline_rows({"trained": loaded, **base_runs})
-        header = ["metric", "value", *header[2:]]
         if not rows and loaded["csv"]:
             rows = [[k, float(v[-1])] for k, (_, v) in sorted(loaded["csv"].items())]
             header = ["last logged", "value"]

@@ -350,7 +350,7 @@ def compare_geneval(suites: dict[str, Path], out: Path, prefix: str = "", per_ta
                 match = next((p for p in others if p["tag"] == tag and p["prompt"] == entry["prompt"]), None) \
                     or next((p for p in others if p["index"] == entry["index"] and p["tag"] == tag), None)
                 cells = list(zip(match["samples"], match["verdicts"]))[:images] if match else []
-                blocks.append(cells + [(None, None)] * (images - len(cells)))
+                blocks.append(cells or [(None, None)])   # a grey cell: this model has no such prompt
             rows.append((f"{entry['index']}: {entry['prompt']}", blocks))
         path = out / f"{prefix}samples_{tag}.png"
         comparison_sheet(rows, names, cell=cell).save(path)

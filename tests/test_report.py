@@ -178,6 +178,16 @@ def test_sweep_report_and_baseline(tmp_path):
     assert "| geneval/overall | 0.7 | 0.4 |" in (tmp_path / "cmp" / "report.md").read_text()
 
 
+def test_baselines_on_the_command_line(quick):
+    root, trained, untrained, truth = quick
+    out = root / "cli"
+    assert main.main(["report", str(trained), "--baselines", f"untrained={untrained},{truth}", "--out", str(out)]) == 0
+    assert "| metric | trained | untrained | ground_truth |" in (out / "report.md").read_text()   # bare path: its folder
+    assert main.main(["report", str(trained), "--baselines", f"[u={untrained}]", "--baselines+", f"gt={truth}",
+                      "--out", str(out)]) == 0
+    assert "| metric | trained | u | gt |" in (out / "report.md").read_text()
+
+
 def test_wrong_directories_give_clear_errors(tmp_path, capsys):
     run_dir = make_suite(tmp_path / "run")
     with pytest.raises(UsageError, match="GenEval results folder"):
