@@ -117,13 +117,23 @@ def run_sections(run: dict, files: Path, prefix: str = "", baselines: Optional[d
     curves = curves or run["root"]
     stages = rp.find_stage_csvs(curves)
     plots: list[Block] = []
+    single: dict[str, dict[str, float]] = {}   # validation-only stages: one logged step, a table not a plot
     for k, (stage, path) in enumerate(stages):
         columns = rp.read_csv_columns(path)
+        if all(len(steps) <= 1 for steps, _ in columns.values()):
+            groups = rp.stage_series(columns)
+            single[stage] = {key: float(v[-1]) for key, (_, v) in {**groups["losses"], **groups["metrics"]}.items()
+                             if len(v) and not key.startswith("bench/")}   # bench/*: the suite's scores, in Scores
+            continue
         safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", stage)
         made = rp.stage_plot(stage, columns, files / f"{prefix}curves_{k:02d}_{safe}.png")
         if made:
             plots.append(("image", stage, made, f"{path.relative_to(curves).as_posix()}: "
                                                   f"{len(columns)} logged columns"))
+    keys = list(dict.fromkeys(key for values in single.values() for key in values))
+    if keys:
+        plots.append(("table", "stages that logged a single step (validation runs)", ["metric", *single],
+                      [[key, *[values.get(key, "") for values in single.values()]] for key in keys]))
     sections.append(("Training curves", plots or [("text", f"No Lightning metrics.csv below {curves}; "
                                                             f"pass --curves <run root> to plot the training stages.")]))
     scores = score_sections(models, stages)

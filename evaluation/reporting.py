@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-SCALE_LOSS = re.compile(r"loss_scale_(\d+)")
+SCALE_LOSS = re.compile(r"loss_scale_(\d+)|scale_(\d+)_loss")   # train/loss_scale_03, val/scale_03_loss
 BENCHMARK_COLUMN = re.compile(r"(geneval|dpg|editcanvas|fid|clip)", re.IGNORECASE)
 COUNT_KEYS = ("n", "num_prompts", "num_samples", "images", "prompts", "seconds")
 # metrics.json bookkeeping and settings, not scores
@@ -82,7 +82,7 @@ def read_csv_columns(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 def newest(paths) -> Path | None:
-    paths = sorted(paths, key=lambda p: p.stat().st_mtime)
+    paths = sorted(paths, key=lambda p: (p.stat().st_mtime, p))
     return paths[-1] if paths else None
 
 
@@ -368,7 +368,7 @@ def compare_geneval(suites: dict[str, Path], out: Path, prefix: str = "", per_ta
 def find_stage_csvs(root: Path) -> list[tuple[str, Path]]:
     """Every Lightning metrics.csv below `root`, oldest first (pipeline order), each named by its
     folder relative to root without Lightning's logger folders (lightning_logs, version_N, csv)."""
-    found = sorted((p for p in root.rglob("metrics.csv") if p.is_file()), key=lambda p: p.stat().st_mtime)
+    found = sorted((p for p in root.rglob("metrics.csv") if p.is_file()), key=lambda p: (p.stat().st_mtime, p))
     named = []
     for path in found:
         parts = [q for q in path.parent.relative_to(root).parts
@@ -380,12 +380,17 @@ def find_stage_csvs(root: Path) -> list[tuple[str, Path]]:
     return [(name if counts[name] == 1 else "/".join(p.parent.relative_to(root).parts), p) for name, p in named]
 
 
+def scale_index(key: str) -> int:
+    found = SCALE_LOSS.search(key)
+    return int(found.group(1) or found.group(2))
+
+
 def stage_series(columns: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, dict]:
     """Split a metrics.csv into losses (train and val, NLLs included), per-scale losses and
     validation / benchmark metrics (one panel each)."""
     losses = {k: v for k, v in columns.items() if ("loss" in k or "nll" in k) and not SCALE_LOSS.search(k)}
     scales = dict(sorted(((k, v) for k, v in columns.items() if SCALE_LOSS.search(k)),
-                         key=lambda kv: (kv[0].split("/")[0], int(SCALE_LOSS.search(kv[0]).group(1)))))
+                         key=lambda kv: (kv[0].split("/")[0], scale_index(kv[0]))))
     metrics = {k: v for k, v in columns.items() if k not in losses and k not in scales
                and (k.startswith(("val/", "bench/")) or BENCHMARK_COLUMN.search(k))}
     return {"losses": losses, "scales": scales, "metrics": metrics}
@@ -443,17 +448,22 @@ def seen_unseen(metrics: dict) -> dict[str, dict[str, Any]]:
     return dict(out)
 
 
-SETTING_NAMES = {"alpha": "α (scale reweighting, NF §4.3)", "suite/width": "scored width (px)",
-                 "suite/height": "scored height (px)", "untrained_scales": "scored on untrained scales"}
+SETTING_NAMES = {"alpha": "α (scale reweighting, NF §4.3)", "untrained_scales": "scored on untrained scales"}
 
 
 def settings(metrics: dict) -> list[tuple[str, Any]]:
     """What the scores were measured under: metrics.json's non-benchmark entries (α, scale counts,
-    step, the suite's resolution and sizes)."""
+    step), the suite's resolution, then its sizes on one line."""
     rows = []
+    suite = metrics.get("suite") or {}
+    if "width" in suite and "height" in suite:
+        rows.append(("scored resolution (px)", f"{suite['width']}×{suite['height']}"))
     for key, value in flatten({k: v for k, v in metrics.items() if (k in NOT_BENCHMARKS or not isinstance(v, dict))
-                               and k not in ("env", "previous") and "/" not in k}).items():
+                               and k not in ("env", "previous", "suite") and "/" not in k}).items():
         rows.append((SETTING_NAMES.get(key, key), value))
+    sizes = [f"{k} {v}" for k, v in suite.items() if k not in ("width", "height") and v is not None]
+    if sizes:
+        rows.append(("suite", " · ".join(sizes)))
     return rows
 
 

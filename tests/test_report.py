@@ -5,6 +5,7 @@ untrained-scales warning); report.md and report.html link the PNGs next to them.
 synthetic suite folders; a sweep; clear errors for wrong folders. The slow test renders the page
 in headless Chromium and checks every image loaded."""
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -72,6 +73,9 @@ def make_run_root(root, loss_scale=1.0):
                "val/vision_nll", "val/geneval_overall"],
               [[s, 0, f"{v:.4f}", f"{v * 0.5:.4f}", f"{v * 1.5:.4f}", 0.9, "", ""] for s, v in zip(range(0, 50, 5), losses)]
               + [[20, 0, "", "", "", "", 2.5, 0.1], [45, 0, "", "", "", "", 2.1, 0.3]])
+    write_csv(root / "tokenizer_val128" / "metrics.csv", ["epoch", "step", "val/agreement", "val/psnr"], [[0, 0, 0.97, 24.5]])
+    for k, stage in enumerate(["tokenizer_stage1", "tokenizer_val128", "ar_fit/lightning_logs/version_0"]):
+        os.utime(root / stage / "metrics.csv", (1e9 + k, 1e9 + k))   # pipeline order = age order
     return root
 
 
@@ -103,7 +107,7 @@ def test_report_leads_with_pictures_then_curves_then_tables(quick, capsys):
     # per task: 4 images per model; trained passes 2 of 4 per prompt, untrained none, ground truth all
     assert "images judged correct: trained 2/4, untrained 0/4, ground_truth 4/4" in md
     files = sorted(p.name for p in (out / "report_files").glob("*.png"))
-    assert files == ["curves_00_tokenizer_stage1.png", "curves_01_ar_fit.png", "edits.png",
+    assert files == ["curves_00_tokenizer_stage1.png", "curves_02_ar_fit.png", "edits.png",
                      "samples_counting.png", "samples_single_object.png"]
     for name in files:
         assert f"](report_files/{name})" in md
@@ -117,10 +121,12 @@ def test_report_leads_with_pictures_then_curves_then_tables(quick, capsys):
     assert "| geneval/overall | 0.5 | 0 | 1 |" in md
     assert "| counting | 0.25 | 0 |  |" in md
     assert "| metric | trained seen | trained unseen |" in md and "| overall | 0.6 | 0.2 |" in md
-    assert "| α (scale reweighting, NF §4.3) | 0.9 |" in md and "| scored width (px) | 128 |" in md
+    assert "| α (scale reweighting, NF §4.3) | 0.9 |" in md and "| scored resolution (px) | 128×128 |" in md
     assert "| scored on untrained scales | True |" in md
     assert "| local | 7 | 9 | 7.9 | 5 |" in md and "skipped" in md       # details kept
     assert "No Lightning metrics.csv" not in md
+    # a stage that logged one step (a validation run) is a table column, not a plot
+    assert "| metric | tokenizer_val128 |" in md and "| val/agreement | 0.97 |" in md
     page = (out / "report.html").read_text()
     assert "base64" not in page and "class='warning'" in page
     sources = re.findall(r"<img alt='[^']*' src='([^']+)'", page)
@@ -171,7 +177,7 @@ def test_sweep_report_and_baseline(tmp_path):
     assert "| 002_c | failed | 0.1 | 0.3 |  |  |  |  |" in md and "boom" in md
     # the summary table first: swept keys and the headline metrics only
     assert md.index("| run | status | wall_s | lr | geneval/overall |") < md.index("| run | status | wall_s | lr | geneval overall |")
-    for name in ("sweep_metrics.png", "sweep_losses.png", "000_a_curves_01_ar_fit.png", "001_b_samples_counting.png"):
+    for name in ("sweep_metrics.png", "sweep_losses.png", "000_a_curves_02_ar_fit.png", "001_b_samples_counting.png"):
         with Image.open(sweep / "report_files" / name) as im:
             im.verify()
     report.run(str(sweep / "001_b"), baseline=str(sweep / "000_a"), out=str(tmp_path / "cmp"))
