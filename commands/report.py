@@ -70,13 +70,13 @@ def score_sections(models: dict[str, dict], stages: list[tuple[str, Path]]) -> l
         blocks.append(("table", "GenEval per task (fraction of images judged correct)", ["task", *models],
                        [[t, *[tasks[n].get(t, "") for n in models]] for t in names]))
     splits = {n: rp.seen_unseen(r["metrics"]) for n, r in models.items()}
-    split_models = [n for n in models if splits[n]]
-    if split_models:
-        keys = list(dict.fromkeys(k for n in split_models for k in splits[n]))
-        blocks.append(("table", "GenEval on prompts seen in training vs held out (unseen)",
-                       ["metric", *[f"{n} {s}" for n in split_models for s in ("seen", "unseen")]],
-                       [[k, *[splits[n].get(k, {}).get(s, "") for n in split_models for s in ("seen", "unseen")]]
-                        for k in keys]))
+    columns = [(n, part) for n in models if splits[n] for part in rp.SPLITS
+               if any(part in v for v in splits[n].values())]
+    if columns:
+        keys = list(dict.fromkeys(k for n, _ in columns for k in splits[n]))
+        blocks.append(("table", "GenEval on prompts seen in training vs unseen (held_out: the combinations the "
+                                "world never trains on)", ["metric", *[f"{n} {part}" for n, part in columns]],
+                       [[k, *[splits[n].get(k, {}).get(part, "") for n, part in columns]] for k in keys]))
     trained_name, trained = next(iter(models.items()))
     rows = [list(r) for r in rp.settings(trained["metrics"])]
     if not any(r[0].startswith("α") for r in rows):   # not in metrics.json: what training logged, else the config

@@ -34,7 +34,7 @@ BENCHMARK_COLUMN = re.compile(r"(geneval|dpg|editcanvas|fid|clip)", re.IGNORECAS
 COUNT_KEYS = ("n", "num_prompts", "num_samples", "images", "prompts", "seconds")
 # metrics.json bookkeeping and settings, not scores
 NOT_BENCHMARKS = ("env", "suite", "step", "epoch", "previous", "settings", "scales", "sampling", "checkpoint",
-                  "untrained_scales", "alpha", "resolution")
+                  "untrained_scales", "untrained_scale_counts", "trained_scale_counts", "alpha", "resolution")
 BENCHMARK_FILES = {"dpg_results.json": "dpg", "editcanvas_results.json": "editcanvas"}
 
 
@@ -393,6 +393,7 @@ def stage_series(columns: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str,
                          key=lambda kv: (kv[0].split("/")[0], scale_index(kv[0]))))
     metrics = {k: v for k, v in columns.items() if k not in losses and k not in scales
                and (k.startswith(("val/", "bench/")) or BENCHMARK_COLUMN.search(k))}
+    metrics = dict(sorted(metrics.items(), key=lambda kv: not (kv[0].startswith("val/") or "overall" in kv[0])))
     return {"losses": losses, "scales": scales, "metrics": metrics}
 
 
@@ -437,30 +438,41 @@ def stage_plot(name: str, columns: dict[str, tuple[np.ndarray, np.ndarray]], pat
 
 
 # ----------------------------------------------------------------------------- settings and splits
+SPLITS = ("seen", "unseen", "held_out")
+
+
 def seen_unseen(metrics: dict) -> dict[str, dict[str, Any]]:
-    """{"overall": {"seen": x, "unseen": y}, "tasks/counting": {...}} from geneval/seen/* and
-    geneval/unseen/* keys (nested or already flat); empty when the suite did not split."""
+    """{"overall": {"seen": x, "unseen": y, "held_out": z}, "tasks/counting": {...}} from the
+    geneval/seen/*, geneval/unseen/* (and geneval/held_out/*) keys, nested or already flat; empty
+    when the suite did not split. A part without images (overall None) is left out."""
     out: dict[str, dict[str, Any]] = defaultdict(dict)
     for key, value in flatten(metrics).items():
-        found = re.fullmatch(r"geneval/(seen|unseen)/(.+)", key)
-        if found and not isinstance(value, bool) and isinstance(value, (int, float)):
+        found = re.fullmatch(r"geneval/(seen|unseen|held_out)/(.+)", key)
+        if found and not isinstance(value, bool) and isinstance(value, (int, float)) and found.group(2) != "seconds":
             out[found.group(2)][found.group(1)] = value
-    return dict(out)
+    return dict(sorted(out.items(), key=lambda kv: kv[0] != "overall"))
 
 
-SETTING_NAMES = {"alpha": "α (scale reweighting, NF §4.3)", "untrained_scales": "scored on untrained scales"}
+SETTING_NAMES = {"alpha": "α (scale reweighting, NF §4.3)", "untrained_scales": "scored on untrained scales",
+                 "trained_scale_counts": "scale counts trained (scales: samples)",
+                 "untrained_scale_counts": "scale counts scored but never trained"}
 
 
 def settings(metrics: dict) -> list[tuple[str, Any]]:
-    """What the scores were measured under: metrics.json's non-benchmark entries (α, scale counts,
-    step), the suite's resolution, then its sizes on one line."""
+    """What the scores were measured under: the suite's resolution, metrics.json's non-benchmark
+    entries (α, scale counts trained vs untrained, step), then the suite's sizes on one line."""
     rows = []
     suite = metrics.get("suite") or {}
     if "width" in suite and "height" in suite:
         rows.append(("scored resolution (px)", f"{suite['width']}×{suite['height']}"))
-    for key, value in flatten({k: v for k, v in metrics.items() if (k in NOT_BENCHMARKS or not isinstance(v, dict))
-                               and k not in ("env", "previous", "suite") and "/" not in k}).items():
-        rows.append((SETTING_NAMES.get(key, key), value))
+    for key, value in metrics.items():
+        if (key in NOT_BENCHMARKS or not isinstance(value, dict)) and key not in ("env", "previous", "suite") \
+                and "/" not in key:
+            if isinstance(value, dict):
+                value = " · ".join(f"{k}: {fmt(v)}" for k, v in value.items())
+            elif isinstance(value, list):
+                value = ", ".join(map(fmt, value)) or "none"
+            rows.append((SETTING_NAMES.get(key, key), value))
     sizes = [f"{k} {v}" for k, v in suite.items() if k not in ("width", "height") and v is not None]
     if sizes:
         rows.append(("suite", " · ".join(sizes)))

@@ -26,6 +26,7 @@ METRICS = {
     "editcanvas": {"overall": 6.5, "groups": {"local": {"sc": 7.0, "pq": 9.0, "overall": 7.9, "n": 5}}},
     "fid_clip": {"fid": {"status": "skipped", "reason": "no Inception weights"}, "clip_score": {"status": "ok", "value": 25.0}},
     "suite": {"width": 128, "height": 128}, "alpha": 0.9, "untrained_scales": True, "step": 40,
+    "trained_scale_counts": {"8": 5600, "12": 2400}, "untrained_scale_counts": [],
 }
 PROMPTS = [("single_object", "a photo of a red circle"),
            ("counting", "a photo of three blue stars and a very long tail of words that a 64 px thumbnail "
@@ -84,7 +85,8 @@ def quick(tmp_path):
     root = make_run_root(tmp_path / "quick")
     trained = make_suite(root / "validate")
     untrained = make_suite(root / "validate_untrained", {"geneval": {"overall": 0.0, "tasks": {"single_object": 0.0,
-                                                                                              "counting": 0.0}}},
+                                                                                              "counting": 0.0},
+                                                                     "seen": {"overall": 0.0}, "unseen": {"overall": None}}},
                            correct=lambda i, k: False, edits=False)
     truth = make_suite(root / "baselines" / "ground_truth", {"geneval": {"overall": 1.0}}, correct=lambda i, k: True,
                        edits=False)
@@ -120,9 +122,12 @@ def test_report_leads_with_pictures_then_curves_then_tables(quick, capsys):
     assert "| metric | trained | untrained | ground_truth |" in md
     assert "| geneval/overall | 0.5 | 0 | 1 |" in md
     assert "| counting | 0.25 | 0 |  |" in md
-    assert "| metric | trained seen | trained unseen |" in md and "| overall | 0.6 | 0.2 |" in md
+    assert "| metric | trained seen | trained unseen | untrained seen |" in md and "| overall | 0.6 | 0.2 | 0 |" in md
     assert "| α (scale reweighting, NF §4.3) | 0.9 |" in md and "| scored resolution (px) | 128×128 |" in md
     assert "| scored on untrained scales | True |" in md
+    assert "| scale counts trained (scales: samples) | 8: 5600 · 12: 2400 |" in md
+    assert "| scale counts scored but never trained | none |" in md
+    assert "trained_scale_counts" not in md.split("## Details")[1]         # a setting, not a benchmark
     assert "| local | 7 | 9 | 7.9 | 5 |" in md and "skipped" in md       # details kept
     assert "No Lightning metrics.csv" not in md
     # a stage that logged one step (a validation run) is a table column, not a plot
