@@ -158,8 +158,8 @@ def test_comparison_sheet_cells_marks_and_wrapped_prompts():
     pixels = np.asarray(short).astype(int)
     for colour, frame in (((200, 0, 0), PASS), ((0, 0, 200), FAIL)):
         ys, xs = np.nonzero((pixels == colour).all(-1))
-        assert xs.max() - xs.min() + 1 + 8 >= 128 > xs.max() - xs.min()  # 128 px cell inside a 4 px frame
-        assert tuple(pixels[ys.max() + 2, xs.min() + 40]) == frame       # green frame = pass, red = fail
+        assert xs.max() - xs.min() + 1 == 128 == ys.max() - ys.min() + 1  # every pixel of the 128 px cell visible
+        assert tuple(pixels[ys.max() + 2, xs.min() + 40]) == frame       # a frame round it: green pass, red fail
 
 
 def test_sweep_report_and_baseline(tmp_path):
