@@ -294,10 +294,21 @@ def stage_validate(sizes: Sizes, data: dict, tokenizer_ckpt: str, ar_ckpt: str |
 
 
 def stage_report(trained: dict, untrained: dict) -> Callable[[Path], dict[str, Any]]:
+    """The report of the trained suite next to its baselines (the untrained model, and the random
+    scenes and ground-truth suites under <out>/baselines/ when they exist), with the training curves
+    of every stage under <out>."""
+
     def body(stage_dir: Path) -> dict[str, Any]:
         from commands.report import run as report
 
-        path = report(path=trained["run_dir"], out=str(stage_dir), baseline=untrained["run_dir"],
+        root = stage_dir.parent
+        baselines = [f"untrained={untrained['run_dir']}"]
+        for name in ("random_scenes", "ground_truth"):
+            folder = root / "baselines" / name
+            suites = sorted((p.parent for p in folder.rglob("metrics.json")), key=lambda p: len(p.parts))
+            if suites:   # the suite folder itself, or the shallowest one below it
+                baselines.append(f"{name}={suites[0]}")
+        path = report(path=trained["run_dir"], out=str(stage_dir), baselines=baselines, curves=str(root),
                       title="NextFlow quickstart on the Shapes world")
         return {"report": str(path)}
 

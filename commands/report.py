@@ -1,50 +1,147 @@
-"""`python main.py report --path <run or sweep dir>`: report.md, a self-contained report.html, PNG plots.
+"""`python main.py report --path <run or sweep dir>`: report.md and report.html with PNG figures next to them.
 
-For a run: metrics tables per benchmark and per task/category (metrics.json and the benchmarks'
-result files), loss curves and per-scale losses from Lightning's metrics.csv, benchmark scores
-against step, GenEval sample grids per prompt tag, EditCanvas edits before/after, and the
-environment. For a sweep (sweep.json from `main.py sweep`): one comparison table across points
-(status, wall time, headline metrics), bar plots of the metrics and overlaid loss curves, then
-each finished point's own sections. `--baseline <run dir>` adds a baseline column to the headline
-table (e.g. the untrained model next to the trained one). Plots land in <dir>/report_files/ as
-PNG; report.html embeds them as base64 so it can be mailed as one file. Layout of a run directory:
+For a run (a benchmark suite folder: metrics.json + the benchmarks' layouts), pictures first: per
+GenEval task a sheet of prompts (full text) with the trained model's samples and every baseline's
+side by side at 128 px, each image marked pass/fail from its suite's per-image records
+(results.jsonl); EditCanvas edits before/after. Then the training curves of every stage found
+under `--curves` (each Lightning metrics.csv below it: tokenizer stages, AR, later RL), then
+compact tables: headline scores trained vs each baseline, GenEval per task, GenEval on prompts seen
+in training vs held out (when the suite split them), the settings the scores were measured under
+(α, resolution, scale counts; a warning when metrics.json says the model was scored on scales it
+never trained), and the detailed per-benchmark tables. Baselines are suite folders in the same
+layout (`--baselines '[untrained=runs/x/validate_untrained, random_scenes=...]'`, a bare path is
+named by its folder). For a sweep (sweep.json from `main.py sweep`): one comparison table across
+points, bar plots and overlaid loss curves, then each finished point's own sections. Figures land
+in <out>/report_files/ and both pages link them relatively. Layout of a run directory:
 evaluation/reporting.py.
 """
 from __future__ import annotations
 
-import base64
 import html
 import json
+import re
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from commands import UsageError
 from evaluation import reporting as rp
 
-Block = tuple  # ("table", title, header, rows) | ("image", title, path) | ("text", str)
+# ("table", title, header, rows) | ("image", title, path, caption) | ("text", str) | ("warning", str)
+Block = tuple
+Section = tuple[str, list[Block]]
 
 
-def run_sections(run: dict, files: Path, prefix: str = "", baseline: Optional[dict] = None) -> list[tuple[str, list[Block]]]:
-    sections: list[tuple[str, list[Block]]] = []
-    top = rp.headline(run["metrics"])
-    if top:
-        base = rp.headline(baseline["metrics"]) if baseline else None
-        header = ["metric", "value"] + (["baseline"] if base is not None else [])
-        rows = [[k, v] + ([base.get(k, "")] if base is not None else []) for k, v in top.items()]
-        sections.append(("Headline metrics", [("table", "", header, rows)]))
+def baseline_folders(baselines: Optional[Union[list[str], str]], baseline: Optional[str] = None) -> dict[str, Path]:
+    """"name=path" items (or bare paths, named by their folder; one string may hold several, comma-separated)
+    -> {name: path}; UsageError for a folder that is not a run directory."""
+    items = [f"baseline={baseline}"] if baseline else []
+    items += [x for x in baselines.split(",") if x.strip()] if isinstance(baselines, str) else list(baselines or [])
+    out: dict[str, Path] = {}
+    for item in items:
+        name, _, path = item.partition("=") if "=" in item else (Path(item).name, "", item)
+        name, path = name.strip(), path.strip()
+        if not name or not path:
+            raise UsageError(f"baseline {item!r}: write name=path (e.g. untrained=runs/quickstart/validate_untrained)")
+        try:
+            if rp.classify_dir(Path(path)) != "run":
+                raise UsageError(f"baseline {item!r} is a sweep directory; pass a suite folder with metrics.json")
+        except ValueError as err:
+            raise UsageError(f"baseline {name}: {err}") from err
+        out[name] = Path(path)
+    return out
+
+
+def headline_rows(models: dict[str, dict]) -> tuple[list[str], list[list[Any]]]:
+    """Headline metrics as rows, one column per model (the trained one first)."""
+    tops = {name: rp.headline(run["metrics"]) for name, run in models.items()}
+    keys = list(dict.fromkeys(k for top in tops.values() for k in top))
+    return ["metric", *models], [[k, *[tops[n].get(k, "") for n in models]] for k in keys]
+
+
+def score_sections(models: dict[str, dict], stages: list[tuple[str, Path]]) -> list[Block]:
+    """Compact tables: headline, GenEval per task, seen vs unseen, settings."""
+    blocks: list[Block] = []
+    header, rows = headline_rows(models)
+    if rows:
+        blocks.append(("table", "headline scores", header, rows))
+    tasks = {n: (r["metrics"].get("geneval") or {}).get("tasks") or {} for n, r in models.items()}
+    names = list(dict.fromkeys(t for per in tasks.values() for t in per))
+    if names:
+        blocks.append(("table", "GenEval per task (fraction of images judged correct)", ["task", *models],
+                       [[t, *[tasks[n].get(t, "") for n in models]] for t in names]))
+    splits = {n: rp.seen_unseen(r["metrics"]) for n, r in models.items()}
+    columns = [(n, part) for n in models if splits[n] for part in rp.SPLITS
+               if any(part in v for v in splits[n].values())]
+    if columns:
+        keys = list(dict.fromkeys(k for n, _ in columns for k in splits[n]))
+        blocks.append(("table", "GenEval on prompts seen in training vs unseen (held_out: the combinations the "
+                                "world never trains on)", ["metric", *[f"{n} {part}" for n, part in columns]],
+                       [[k, *[splits[n].get(k, {}).get(part, "") for n, part in columns]] for k in keys]))
+    trained_name, trained = next(iter(models.items()))
+    rows = [list(r) for r in rp.settings(trained["metrics"])]
+    if not any(r[0].startswith("α") for r in rows):   # not in metrics.json: what training logged, else the config
+        logged = [(name, float(cols["train/alpha"][1][-1])) for name, cols in
+                  ((name, rp.read_csv_columns(path)) for name, path in stages) if "train/alpha" in cols]
+        alpha = rp.config_alpha(trained["root"])
+        if logged:
+            value = f"{logged[-1][1]:g} (last logged in {logged[-1][0]})"
+        elif alpha is not None:
+            value = f"{alpha[0]:g} (from {alpha[1]}; a curriculum or the checkpoint may change it)"
+        else:
+            value = "not recorded"
+        rows.insert(0, ["α (scale reweighting, NF §4.3)", value])
+    if rows:
+        blocks.append(("table", f"settings of the scored run ({trained_name})", ["setting", "value"], rows))
+    return blocks
+
+
+def run_sections(run: dict, files: Path, prefix: str = "", baselines: Optional[dict[str, dict]] = None,
+                 curves: Optional[Path] = None, name: str = "trained") -> list[Section]:
+    models = {name: run, **(baselines or {})}
+    sections: list[Section] = []
+    warnings = [f"{n} was scored on scale counts it never trained (metrics.json: \"untrained_scales\": true); "
+                f"its fine scales are untrained and its scores say little about the model."
+                for n, r in models.items() if r["metrics"].get("untrained_scales") is True]
+    if warnings:
+        sections.append(("Warnings", [("warning", w) for w in warnings]))
+    pictures: list[Block] = []
+    top = {n: rp.headline(r["metrics"]).get("geneval/overall") for n, r in models.items()}
+    if any(v is not None for v in top.values()):
+        pictures.append(("text", "GenEval overall: " + " · ".join(f"{n} {rp.fmt(v)}" for n, v in top.items()
+                                                                     if v is not None)))
+    pictures += [("image", title, path, caption) for title, path, caption in
+                 rp.compare_geneval({n: r["root"] for n, r in models.items()}, files, prefix)]
+    pictures += [("image", title, path, "") for title, path in rp.edit_grid(run["edits"], files, prefix, thumb=128)]
+    if pictures:
+        sections.append(("Samples", pictures))
+    curves = curves or run["root"]
+    stages = rp.find_stage_csvs(curves)
+    plots: list[Block] = []
+    single: dict[str, dict[str, float]] = {}   # validation-only stages: one logged step, a table not a plot
+    for k, (stage, path) in enumerate(stages):
+        columns = rp.read_csv_columns(path)
+        if all(len(steps) <= 1 for steps, _ in columns.values()):
+            groups = rp.stage_series(columns)
+            single[stage] = {key: float(v[-1]) for key, (_, v) in {**groups["losses"], **groups["metrics"]}.items()
+                             if len(v) and not key.startswith("bench/")}   # bench/*: the suite's scores, in Scores
+            continue
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", stage)
+        made = rp.stage_plot(stage, columns, files / f"{prefix}curves_{k:02d}_{safe}.png")
+        if made:
+            plots.append(("image", stage, made, f"{path.relative_to(curves).as_posix()}: "
+                                                  f"{len(columns)} logged columns"))
+    keys = list(dict.fromkeys(key for values in single.values() for key in values))
+    if keys:
+        plots.append(("table", "stages that logged a single step (validation runs)", ["metric", *single],
+                      [[key, *[values.get(key, "") for values in single.values()]] for key in keys]))
+    sections.append(("Training curves", plots or [("text", f"No Lightning metrics.csv below {curves}; "
+                                                            f"pass --curves <run root> to plot the training stages.")]))
+    scores = score_sections(models, stages)
+    if scores:
+        sections.append(("Scores", scores))
     tables = [("table", title, header, rows) for title, header, rows in rp.benchmark_tables(run["metrics"])]
     if tables:
-        sections.append(("Metrics per benchmark", tables))
-    plots = [("image", title, path) for title, path in rp.run_plots(run, files, prefix)]
-    if plots:
-        sections.append(("Training curves", plots))
-    elif run["csv_path"] is None:
-        sections.append(("Training curves", [("text", "No Lightning metrics.csv in this run.")]))
-    grids = [("image", title, path) for folder in run["geneval"]
-             for title, path in rp.geneval_grids(folder, files, f"{prefix}{folder.name}_")]
-    grids += [("image", title, path) for title, path in rp.edit_grid(run["edits"], files, prefix)]
-    if grids:
-        sections.append(("Samples", grids))
+        sections.append((f"Details ({name})", tables))
     return sections
 
 
@@ -75,7 +172,7 @@ def sweep_sections(root: Path, files: Path) -> tuple[list[tuple[str, list[Block]
     failed = [p for p in points if p.get("status") != "done"]
     for p in failed:
         blocks.append(("text", f"`{p['dir']}` {p.get('status')}: ```{(p.get('error') or '').strip()[-600:]}```"))
-    blocks += [("image", title, path) for title, path in rp.sweep_plots(points, runs, files)]
+    blocks += [("image", title, path, "") for title, path in rp.sweep_plots(points, runs, files)]
     sections = [("Sweep comparison", blocks)]
     for p in points:
         if p.get("status") == "done" and p["dir"] in runs:
@@ -85,6 +182,10 @@ def sweep_sections(root: Path, files: Path) -> tuple[list[tuple[str, list[Block]
 
 
 # ----------------------------------------------------------------------------- rendering
+def section_id(heading: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", heading.lower()).strip("-")
+
+
 def to_markdown(title: str, sections, root: Path) -> str:
     lines = [f"# {title}", ""]
     for heading, blocks in sections:
@@ -92,8 +193,12 @@ def to_markdown(title: str, sections, root: Path) -> str:
         for block in blocks:
             if block[0] == "text":
                 lines += [block[1], ""]
+            elif block[0] == "warning":
+                lines += [f"> **Warning:** {block[1]}", ""]
             elif block[0] == "image":
-                lines += [f"**{block[1]}**", "", f"![{block[1]}]({block[2].relative_to(root).as_posix()})", ""]
+                _, name, path, caption = block
+                lines += [f"**{name}**" + (f": {caption}" if caption else ""), "",
+                          f"![{name}]({path.relative_to(root).as_posix()})", ""]
             else:
                 _, caption, header, rows = block
                 if caption:
@@ -103,27 +208,56 @@ def to_markdown(title: str, sections, root: Path) -> str:
     return "\n".join(lines)
 
 
-def to_html(title: str, sections) -> str:
+STYLE = """
+body{font-family:system-ui,-apple-system,"DejaVu Sans",sans-serif;max-width:1240px;margin:1.5em auto;padding:0 1em;
+     color:#222;line-height:1.4}
+h1{font-size:1.6em;margin-bottom:.2em}h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
+h3{font-size:1.05em;margin:1.2em 0 .3em}
+nav a{margin-right:1em}
+figure{margin:.6em 0 1.6em}figure img{max-width:100%;border:1px solid #e4e4e4;display:block}
+figcaption{font-size:.9em;color:#555;margin-top:.3em}
+.warning{background:#fff0f0;border:2px solid #d22;border-left-width:8px;padding:.6em 1em;margin:.6em 0;font-weight:600}
+.tables{display:flex;flex-wrap:wrap;gap:0 2.5em;align-items:flex-start}
+table{border-collapse:collapse;margin:.2em 0 1.2em}
+td,th{border-bottom:1px solid #ddd;padding:3px 10px;font-size:13px;text-align:right;font-variant-numeric:tabular-nums}
+th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}
+.lead{font-size:1.1em;font-weight:600}
+"""
+
+
+def to_html(title: str, sections, root: Path) -> str:
+    """One page; figures are <img> links relative to `root` (report_files/...)."""
     e = html.escape
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>"
-             "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;"
-             "margin:.5em 0 1.2em}td,th{border:1px solid #ccc;padding:2px 8px;font-size:13px;text-align:right}"
-             "td:first-child,th:first-child{text-align:left}img{max-width:100%;border:1px solid #eee}"
-             f"</style></head><body><h1>{e(title)}</h1>"]
+    parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{e(title)}</title>"
+             f"<style>{STYLE}</style></head><body><h1>{e(title)}</h1>",
+             "<nav>" + "".join(f"<a href='#{section_id(h)}'>{e(h)}</a>" for h, _ in sections) + "</nav>"]
     for heading, blocks in sections:
-        parts.append(f"<h2>{e(heading)}</h2>")
+        parts.append(f"<section id='{section_id(heading)}'><h2>{e(heading)}</h2>")
+        in_tables = False
         for block in blocks:
+            if block[0] == "table" and not in_tables:
+                parts.append("<div class='tables'>")
+                in_tables = True
+            elif block[0] != "table" and in_tables:
+                parts.append("</div>")
+                in_tables = False
             if block[0] == "text":
-                parts.append(f"<p>{e(block[1])}</p>")
+                parts.append(f"<p class='lead'>{e(block[1])}</p>")
+            elif block[0] == "warning":
+                parts.append(f"<div class='warning'>⚠ {e(block[1])}</div>")
             elif block[0] == "image":
-                data = base64.b64encode(block[2].read_bytes()).decode()
-                parts.append(f"<h4>{e(block[1])}</h4><img alt='{e(block[1])}' src='data:image/png;base64,{data}'>")
+                _, name, path, caption = block
+                parts.append(f"<figure><h3>{e(name)}</h3><img alt='{e(name)}' src='{e(path.relative_to(root).as_posix())}'>"
+                             + (f"<figcaption>{e(caption)}</figcaption>" if caption else "") + "</figure>")
             else:
                 _, caption, header, rows = block
-                parts.append(f"<h4>{e(caption)}</h4>" if caption else "")
+                parts.append("<div>" + (f"<h3>{e(caption)}</h3>" if caption else ""))
                 parts.append("<table><tr>" + "".join(f"<th>{e(str(h))}</th>" for h in header) + "</tr>")
                 parts += ["<tr>" + "".join(f"<td>{e(rp.fmt(v))}</td>" for v in row) + "</tr>" for row in rows]
-                parts.append("</table>")
+                parts.append("</table></div>")
+        if in_tables:
+            parts.append("</div>")
+        parts.append("</section>")
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -142,38 +276,48 @@ def print_terminal(title: str, header: list[str], rows: list[list[Any]], out: Pa
     console.print(f"report: {out / 'report.md'} and {out / 'report.html'}")
 
 
-def run(path: str, out: Optional[str] = None, baseline: Optional[str] = None, title: Optional[str] = None) -> str:
-    """Write report.md + self-contained report.html (+ PNG plots) for a run or sweep directory.
+def run(path: str, out: Optional[str] = None, baseline: Optional[str] = None,
+        baselines: Optional[Union[list[str], str]] = None, curves: Optional[str] = None, title: Optional[str] = None) -> str:
+    """Write report.md + report.html (PNG figures in report_files/ next to them) for a run or sweep directory.
 
     Args:
-        path: a run directory (metrics.json / Lightning metrics.csv) or a sweep directory (sweep.json).
+        path: a run directory (a benchmark suite folder with metrics.json, or a Lightning run with
+            metrics.csv) or a sweep directory (sweep.json).
         out: where to write the report (default: the directory itself).
-        baseline: another run directory whose headline metrics are shown next to this run's.
+        baseline: one baseline suite folder (shown as "baseline"); same as --baselines '[baseline=DIR]'.
+        baselines: baseline suite folders in the same layout, as name=path (a bare path is named by its
+            folder): `--baselines untrained=A,random_scenes=B`, or a list `--baselines '[untrained=A, random_scenes=B]'`,
+            or repeated `--baselines+ ground_truth=C`.
+        curves: folder searched (any depth) for Lightning metrics.csv files, one training stage each
+            (default: the run directory).
         title: report title (default: the directory name).
     """
     root = Path(path)
     try:
         kind = rp.classify_dir(root)
-        base_run = rp.load_run(Path(baseline)) if baseline and rp.classify_dir(Path(baseline)) == "run" else None
     except ValueError as err:
         raise UsageError(str(err)) from err
+    base_runs = {name: rp.load_run(folder) for name, folder in baseline_folders(baselines, baseline).items()}
+    if curves is not None and not Path(curves).is_dir():
+        raise UsageError(f"--curves {curves} is not a directory; pass the run root that holds the stages' metrics.csv")
     out_dir = Path(out) if out else root
     files = out_dir / "report_files"
     files.mkdir(parents=True, exist_ok=True)
+    for stale in files.glob("*.png"):   # figures of an earlier report of this folder
+        stale.unlink()
     title = title or f"NextFlow {kind} report: {root.resolve().name}"
     if kind == "sweep":
         sections, rows, header = sweep_sections(root, files)
     else:
         loaded = rp.load_run(root)
-        sections = run_sections(loaded, files, baseline=base_run)
-        top = rp.headline(loaded["metrics"])
-        header, rows = ["metric", "value"], [[k, v] for k, v in top.items()]
+        sections = run_sections(loaded, files, baselines=base_runs, curves=Path(curves) if curves else None)
+        header, rows = headline_rows({"trained": loaded, **base_runs})
         if not rows and loaded["csv"]:
             rows = [[k, float(v[-1])] for k, (_, v) in sorted(loaded["csv"].items())]
             header = ["last logged", "value"]
     env = rp.environment(root)
     sections.append(("Environment", [("table", "", ["", "value"], [[k, v] for k, v in env.items()])]))
     (out_dir / "report.md").write_text(to_markdown(title, sections, out_dir))
-    (out_dir / "report.html").write_text(to_html(title, sections))
+    (out_dir / "report.html").write_text(to_html(title, sections, out_dir))
     print_terminal(title, header, rows, out_dir)
     return str(out_dir / "report.md")

@@ -7,7 +7,11 @@ A run directory (what `fit` / `validate` / a sweep point leave behind) may hold,
   .../dpg_results.json              evaluation.dpg.write_results
   .../editcanvas_results.json and <id>/{sample.json, source.png, result.png, target.png}
 A sweep directory holds sweep.json (commands/sweep.py) and one run directory per point.
-Plots use matplotlib's Agg backend; image grids are composed with PIL (fast on CPU).
+Baselines (the untrained model, prompt-agnostic random scenes, ground-truth renders) are suite
+folders in the same layout; their GenEval prompts are matched to the trained run's by text.
+A run root (the quickstart's folder) holds one Lightning metrics.csv per training stage, at any depth;
+`read_csv_columns` below is this module's own reader of that CSV.
+Plots use matplotlib's Agg backend; image grids are composed with PIL (evaluation/grids.py).
 """
 from __future__ import annotations
 
@@ -25,10 +29,12 @@ from typing import Any
 
 import numpy as np
 
-SCALE_LOSS = re.compile(r"loss_scale_(\d+)")
+SCALE_LOSS = re.compile(r"loss_scale_(\d+)|scale_(\d+)_loss")   # train/loss_scale_03, val/scale_03_loss
 BENCHMARK_COLUMN = re.compile(r"(geneval|dpg|editcanvas|fid|clip)", re.IGNORECASE)
 COUNT_KEYS = ("n", "num_prompts", "num_samples", "images", "prompts", "seconds")
-NOT_BENCHMARKS = ("env", "suite", "step", "epoch", "previous")  # metrics.json bookkeeping, not scores
+# metrics.json bookkeeping and settings, not scores
+NOT_BENCHMARKS = ("env", "suite", "step", "epoch", "previous", "settings", "scales", "sampling", "checkpoint",
+                  "untrained_scales", "untrained_scale_counts", "trained_scale_counts", "alpha", "resolution")
 BENCHMARK_FILES = {"dpg_results.json": "dpg", "editcanvas_results.json": "editcanvas"}
 
 
@@ -76,7 +82,7 @@ def read_csv_columns(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 def newest(paths) -> Path | None:
-    paths = sorted(paths, key=lambda p: p.stat().st_mtime)
+    paths = sorted(paths, key=lambda p: (p.stat().st_mtime, p))
     return paths[-1] if paths else None
 
 
@@ -201,22 +207,6 @@ def plot_series(series: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, ti
     return path
 
 
-def run_plots(run: dict, out: Path, prefix: str = "") -> list[tuple[str, Path]]:
-    """Loss curves, per-scale losses and benchmark scores against step, from metrics.csv."""
-    csv_cols = run["csv"]
-    losses = {k: v for k, v in csv_cols.items() if "loss" in k and not SCALE_LOSS.search(k)}
-    scales = dict(sorted(((k, v) for k, v in csv_cols.items() if SCALE_LOSS.search(k)),
-                         key=lambda kv: int(SCALE_LOSS.search(kv[0]).group(1))))
-    benches = {k: v for k, v in csv_cols.items() if BENCHMARK_COLUMN.search(k) and "loss" not in k}
-    made = []
-    for title, series, name, log in [("loss curves", losses, "loss", True), ("per-scale loss", scales, "loss_scales", True),
-                                     ("benchmark scores vs step", benches, "benchmarks", False)]:
-        path = plot_series(series, out / f"{prefix}{name}.png", title, log_y=log)
-        if path:
-            made.append((title, path))
-    return made
-
-
 def sweep_plots(points: list[dict], runs: dict[str, dict], out: Path) -> list[tuple[str, Path]]:
     """Bars of each headline metric across points, and the points' train losses overlaid."""
     plt = _plt()
@@ -253,80 +243,20 @@ def sweep_plots(points: list[dict], runs: dict[str, dict], out: Path) -> list[tu
 
 
 # ----------------------------------------------------------------------------- image grids
-def _label(image, text: str, width: int):
-    from PIL import Image, ImageDraw
-
-    canvas = Image.new("RGB", (width, image.height + 14), "white")
-    canvas.paste(image, (0, 14))
-    ImageDraw.Draw(canvas).text((2, 1), text[: max(8, width // 6)], fill="black")
-    return canvas
-
-
-def geneval_grids(folder: Path, out: Path, prefix: str = "", per_tag: int = 4, thumb: int = 96) -> list[tuple[str, Path]]:
-    """One PNG per prompt tag: a row per prompt (its samples side by side, prompt on top; a
-    green/red frame when results.jsonl says the image is correct/wrong)."""
-    from PIL import Image, ImageDraw
-
-    verdict: dict[str, bool] = {}   # results.jsonl (evaluation/geneval.py): per-image "correct"
-    if (folder / "results.jsonl").is_file():
-        for line in (folder / "results.jsonl").read_text().splitlines():
-            if line.strip():
-                record = json.loads(line)
-                verdict["/".join(Path(record["filename"]).parts[-3:])] = bool(record["correct"])
-    by_tag: dict[str, list[tuple[str, list[Path]]]] = defaultdict(list)
-    for meta_path in sorted(folder.glob("[0-9]" * 5 + "/metadata.jsonl")):
-        meta = json.loads(meta_path.read_text().splitlines()[0])
-        samples = sorted((meta_path.parent / "samples").glob("*.png"))[:4]
-        if samples and len(by_tag[meta.get("tag", "untagged")]) < per_tag:
-            by_tag[meta.get("tag", "untagged")].append((meta.get("prompt", ""), samples))
-    made = []
-    for tag, rows in by_tag.items():
-        cols = max(len(s) for _, s in rows)
-        row_images = []
-        for prompt, samples in rows:
-            strip = Image.new("RGB", (cols * thumb, thumb), "white")
-            for i, path in enumerate(samples):
-                strip.paste(Image.open(path).convert("RGB").resize((thumb, thumb)), (i * thumb, 0))
-                ok = verdict.get("/".join(path.parts[-3:]))   # <00000>/samples/<0000>.png
-                if ok is not None:   # green frame: judged correct, red: wrong
-                    ImageDraw.Draw(strip).rectangle([i * thumb, 0, (i + 1) * thumb - 1, thumb - 1],
-                                                    outline=(0, 170, 0) if ok else (220, 0, 0), width=3)
-            row_images.append(_label(strip, prompt, cols * thumb))
-        path = out / f"{prefix}{tag}.png"
-        stack_rows(row_images, cols * thumb).save(path)
-        made.append((f"GenEval samples: {tag}", path))
-    return made
-
-
-def stack_rows(rows: list, width: int):
-    """Labelled PIL strips stacked top to bottom on white."""
-    from PIL import Image
-
-    sheet = Image.new("RGB", (width, sum(r.height for r in rows)), "white")
-    y = 0
-    for r in rows:
-        sheet.paste(r, (0, y))
-        y += r.height
-    return sheet
-
-
-def edit_grid(folders: list[Path], out: Path, prefix: str = "", limit: int = 12, thumb: int = 96) -> list[tuple[str, Path]]:
-    """Before / after (/ target) rows for EditCanvas samples, the instruction on top of each row."""
-    from PIL import Image
+def edit_grid(folders: list[Path], out: Path, prefix: str = "", limit: int = 12, thumb: int = 128) -> list[tuple[str, Path]]:
+    """Before / after (/ target) for EditCanvas samples: one row per sample, its task and full instruction on top."""
+    from evaluation.grids import comparison_sheet
 
     rows = []
     for folder in folders[:limit]:
         sample = json.loads((folder / "sample.json").read_text())
-        names = [n for n in ("source", "result", "target") if (folder / f"{n}.png").is_file()]
-        strip = Image.new("RGB", (3 * thumb, thumb), "white")
-        for i, name in enumerate(names):
-            strip.paste(Image.open(folder / f"{name}.png").convert("RGB").resize((thumb, thumb)), (i * thumb, 0))
-        text = f"[{sample.get('task', '?')}] " + sample.get("instruction", sample.get("prompt", ""))
-        rows.append(_label(strip, text, 3 * thumb))
+        cells = [[(folder / f"{n}.png" if (folder / f"{n}.png").is_file() else None, None)]
+                 for n in ("source", "result", "target")]
+        rows.append((f"[{sample.get('task', '?')}] " + sample.get("instruction", sample.get("prompt", "")), cells))
     if not rows:
         return []
     path = out / f"{prefix}edits.png"
-    stack_rows(rows, 3 * thumb).save(path)
+    comparison_sheet(rows, ["source", "result", "target"], cell=thumb, per_line=1).save(path)
     return [("edits: source | result | target", path)]
 
 
@@ -356,3 +286,211 @@ def environment(root: Path) -> dict[str, str]:
         env["git_commit"] = "unknown (git not available)"
     env["command"] = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
     return env
+
+
+# ----------------------------------------------------------------------------- suites side by side
+def read_verdicts(folder: Path) -> dict[str, tuple[bool, str]]:
+    """GenEval per-image records (results.jsonl, evaluation/geneval.py): "<00000>/samples/<0000>.png" ->
+    (correct, reason)."""
+    out: dict[str, tuple[bool, str]] = {}
+    path = folder / "results.jsonl"
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                record = json.loads(line)
+                out["/".join(Path(record["filename"]).parts[-3:])] = (bool(record["correct"]), str(record.get("reason", "")))
+    return out
+
+
+def geneval_prompts(folder: Path) -> list[dict[str, Any]]:
+    """One entry per prompt folder: index, tag, prompt, sample paths and each sample's verdict
+    (True / False, None when results.jsonl does not cover it)."""
+    verdicts = read_verdicts(folder)
+    prompts = []
+    for meta_path in sorted(folder.glob("[0-9]" * 5 + "/metadata.jsonl")):
+        meta = json.loads(meta_path.read_text().splitlines()[0])
+        samples = sorted((meta_path.parent / "samples").glob("*.png"))
+        prompts.append({"index": meta_path.parent.name, "tag": meta.get("tag", "untagged"), "prompt": meta.get("prompt", ""),
+                        "samples": samples,
+                        "verdicts": [verdicts.get("/".join(p.parts[-3:]), (None, ""))[0] for p in samples]})
+    return prompts
+
+
+def spread(items: list, k: int) -> list:
+    """k items evenly spaced through the list (all of them when there are ≤ k)."""
+    if len(items) <= k:
+        return list(items)
+    return [items[round(i * (len(items) - 1) / (k - 1))] for i in range(k)] if k > 1 else items[:1]
+
+
+def compare_geneval(suites: dict[str, Path], out: Path, prefix: str = "", per_tag: int = 4, images: int = 4,
+                    cell: int = 128) -> list[tuple[str, Path, str]]:
+    """Per GenEval task one sheet: `per_tag` of the first suite's prompts (evenly spread), each model's
+    first `images` samples side by side, pass/fail marked per image from its results.jsonl. Other
+    suites are matched by prompt text (then by prompt folder). Returns (title, png, caption), the
+    caption counting each model's images judged correct in that task."""
+    from evaluation.grids import comparison_sheet
+
+    loaded = {}
+    for name, root in suites.items():
+        folders = find_geneval_folders(root) if root is not None else []
+        loaded[name] = geneval_prompts(folders[0]) if folders else []
+    names = [n for n, p in loaded.items() if p]
+    if not names:
+        return []
+    first = loaded[names[0]]
+    made = []
+    for tag in dict.fromkeys(p["tag"] for p in first):
+        chosen = spread([p for p in first if p["tag"] == tag], per_tag)
+        rows = []
+        for entry in chosen:
+            blocks = []
+            for name in names:
+                others = loaded[name]
+                match = next((p for p in others if p["tag"] == tag and p["prompt"] == entry["prompt"]), None) \
+                    or next((p for p in others if p["index"] == entry["index"] and p["tag"] == tag), None)
+                cells = list(zip(match["samples"], match["verdicts"]))[:images] if match else []
+                blocks.append(cells or [(None, None)])   # a grey cell: this model has no such prompt
+            rows.append((f"{entry['index']}: {entry['prompt']}", blocks))
+        path = out / f"{prefix}samples_{tag}.png"
+        comparison_sheet(rows, names, cell=cell).save(path)
+        counts = []
+        for name in names:
+            verdicts = [v for p in loaded[name] if p["tag"] == tag for v in p["verdicts"] if v is not None]
+            counts.append(f"{name} {sum(verdicts)}/{len(verdicts)}" if verdicts else f"{name} not scored")
+        made.append((f"GenEval {tag}", path,
+                     f"{len(chosen)} of {sum(p['tag'] == tag for p in first)} prompts; images judged correct: "
+                     + ", ".join(counts)))
+    return made
+
+
+# ----------------------------------------------------------------------------- training stages
+def find_stage_csvs(root: Path) -> list[tuple[str, Path]]:
+    """Every Lightning metrics.csv below `root`, oldest first (pipeline order), each named by its
+    folder relative to root without Lightning's logger folders (lightning_logs, version_N, csv)."""
+    found = sorted((p for p in root.rglob("metrics.csv") if p.is_file()), key=lambda p: (p.stat().st_mtime, p))
+    named = []
+    for path in found:
+        parts = [q for q in path.parent.relative_to(root).parts
+                 if q not in ("lightning_logs", "csv", "logs") and not re.fullmatch(r"version_\d+", q)]
+        named.append(("/".join(parts) or root.resolve().name, path))
+    counts = defaultdict(int)
+    for name, _ in named:
+        counts[name] += 1
+    return [(name if counts[name] == 1 else "/".join(p.parent.relative_to(root).parts), p) for name, p in named]
+
+
+def scale_index(key: str) -> int:
+    found = SCALE_LOSS.search(key)
+    return int(found.group(1) or found.group(2))
+
+
+def stage_series(columns: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, dict]:
+    """Split a metrics.csv into losses (train and val, NLLs included), per-scale losses and
+    validation / benchmark metrics (one panel each)."""
+    losses = {k: v for k, v in columns.items() if ("loss" in k or "nll" in k) and not SCALE_LOSS.search(k)}
+    scales = dict(sorted(((k, v) for k, v in columns.items() if SCALE_LOSS.search(k)),
+                         key=lambda kv: (kv[0].split("/")[0], scale_index(kv[0]))))
+    metrics = {k: v for k, v in columns.items() if k not in losses and k not in scales
+               and (k.startswith(("val/", "bench/")) or BENCHMARK_COLUMN.search(k))}
+    metrics = dict(sorted(metrics.items(), key=lambda kv: not (kv[0].startswith("val/") or "overall" in kv[0])))
+    return {"losses": losses, "scales": scales, "metrics": metrics}
+
+
+def stage_plot(name: str, columns: dict[str, tuple[np.ndarray, np.ndarray]], path: Path,
+               max_metrics: int = 6) -> Path | None:
+    """One figure per training stage: train/val losses (log y), per-scale losses, then one small
+    panel per validation metric (their ranges differ: PSNR in dB, SSIM and agreement in [0, 1])."""
+    groups = stage_series(columns)
+    panels = []
+    if groups["losses"]:
+        panels.append(("losses", groups["losses"], True))
+    if groups["scales"]:
+        panels.append(("per-scale losses", groups["scales"], True))
+    panels += [(k, {k: v}, False) for k, v in list(groups["metrics"].items())[:max_metrics]]
+    if not panels:
+        return None
+    plt = _plt()
+    from matplotlib.ticker import FuncFormatter
+
+    ncols = min(3, len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.8 * ncols, 2.9 * nrows), dpi=100, squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax, (title, series, log_y) in zip(axes.flat, panels):
+        for key, (steps, values) in series.items():
+            style = "--" if key.startswith("val/") and len(series) > 1 else "-"
+            ax.plot(steps, values, style, label=key, marker="o" if len(steps) < 20 else None, markersize=3)
+        if log_y and all((v > 0).all() for _, v in series.values()):
+            ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))   # 0.3, not 3×10⁻¹
+            ax.yaxis.set_minor_formatter(FuncFormatter(   # label 2× and 5× between the decades
+                lambda v, _: f"{v:g}" if v > 0 and round(v / 10 ** math.floor(math.log10(v))) in (2, 5) else ""))
+        ax.set_title(title, fontsize=10), ax.set_xlabel("step", fontsize=8), ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=8)
+        if len(series) > 1:
+            ax.legend(fontsize=6, ncol=2 if len(series) > 6 else 1)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+# ----------------------------------------------------------------------------- settings and splits
+SPLITS = ("seen", "unseen", "held_out")
+
+
+def seen_unseen(metrics: dict) -> dict[str, dict[str, Any]]:
+    """{"overall": {"seen": x, "unseen": y, "held_out": z}, "tasks/counting": {...}} from the
+    geneval/seen/*, geneval/unseen/* (and geneval/held_out/*) keys, nested or already flat; empty
+    when the suite did not split. A part without images (overall None) is left out."""
+    out: dict[str, dict[str, Any]] = defaultdict(dict)
+    for key, value in flatten(metrics).items():
+        found = re.fullmatch(r"geneval/(seen|unseen|held_out)/(.+)", key)
+        if found and not isinstance(value, bool) and isinstance(value, (int, float)) and found.group(2) != "seconds":
+            out[found.group(2)][found.group(1)] = value
+    return dict(sorted(out.items(), key=lambda kv: kv[0] != "overall"))
+
+
+SETTING_NAMES = {"alpha": "α (scale reweighting, NF §4.3)", "untrained_scales": "scored on untrained scales",
+                 "trained_scale_counts": "scale counts trained (scales: samples)",
+                 "untrained_scale_counts": "scale counts scored but never trained"}
+
+
+def settings(metrics: dict) -> list[tuple[str, Any]]:
+    """What the scores were measured under: the suite's resolution, metrics.json's non-benchmark
+    entries (α, scale counts trained vs untrained, step), then the suite's sizes on one line."""
+    rows = []
+    suite = metrics.get("suite") or {}
+    if "width" in suite and "height" in suite:
+        rows.append(("scored resolution (px)", f"{suite['width']}×{suite['height']}"))
+    for key, value in metrics.items():
+        if (key in NOT_BENCHMARKS or not isinstance(value, dict)) and key not in ("env", "previous", "suite") \
+                and "/" not in key:
+            if isinstance(value, dict):
+                value = " · ".join(f"{k}: {fmt(v)}" for k, v in value.items())
+            elif isinstance(value, list):
+                value = ", ".join(map(fmt, value)) or "none"
+            rows.append((SETTING_NAMES.get(key, key), value))
+    sizes = [f"{k} {v}" for k, v in suite.items() if k not in ("width", "height") and v is not None]
+    if sizes:
+        rows.append(("suite", " · ".join(sizes)))
+    return rows
+
+
+def config_alpha(start: Path, levels: int = 4) -> tuple[float, Path] | None:
+    """α from the nearest LightningCLI config.yaml at or above `start` (model.init_args.alpha)."""
+    import yaml
+
+    for folder in [start, *list(start.parents)[:levels]]:
+        for path in sorted(folder.glob("**/config.yaml"))[:5] if folder == start else [folder / "config.yaml"]:
+            if path.is_file():
+                try:
+                    model = (yaml.safe_load(path.read_text()) or {}).get("model") or {}
+                except yaml.YAMLError:
+                    continue
+                alpha = (model.get("init_args") or {}).get("alpha")
+                if isinstance(alpha, (int, float)):
+                    return float(alpha), path
+    return None
