@@ -354,3 +354,46 @@ def test_bench_step_cost_compares_before_and_after():
     assert [(x["vocab"], x["top_k"], x["top_p"]) for x in res["step"]] == [
         ("shapes-small", 8, 1.0), ("shapes-small", 8, 0.9), ("qwen2.5-7b", 2, 0.9)]
     assert all(x["same_ids"] and x["sorted_s"] > 0 and x["kth_s"] > 0 for x in res["step"])
+
+
+def test_sampling_geneval_scores_every_point_and_resumes(tmp_path, monkeypatch):
+    """GenEval per sampling point (files × --vary) on one checkpoint: the suite's layout per point,
+    one summary; a rerun skips finished points; bad input names the file or key."""
+    import json
+
+    import lightning
+
+    from benchmarks import sampling_geneval as sg
+    from modules.ar.sampler import save_generator
+    from modules.tokenizer import TokenizerConfig, TokenizerModule
+
+    torch.manual_seed(0)
+    tok = TokenizerModule(TokenizerConfig(codebook_size=64, ch=8, ch_mult=(1, 2, 2), num_res_blocks=1,
+                                          semantic_ch=8, semantic_decoder_ch=8), val_oracle=False,
+                          rfid_extractor=None)
+    torch.save({"state_dict": tok.state_dict(), "hyper_parameters": dict(tok.hparams),
+                "pytorch-lightning_version": lightning.__version__}, tmp_path / "tok.ckpt")
+    ar = _model()
+    ar.init_visual_from_codebook(tok.code_embeddings().detach())
+    save_generator(ar, tmp_path / "ar.ckpt", tokenizer_ckpt=str(tmp_path / "tok.ckpt"))
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"tag": "single_object", "include": [{"class": "circle", "count": 1}],
+                                   "prompt": "a photo of a circle"}) + "\n")
+    files = ["configs/sampling/shapes_cfg_constant.yaml", "configs/sampling/shapes_cfg_linear.yaml"]
+    args = dict(ckpt=str(tmp_path / "ar.ckpt"), sampling=files, vary={"guidance": [0.0, 2.0]},
+                out=str(tmp_path / "out"), geneval_prompts=str(prompts), images_per_prompt=1, width=32, height=32)
+    res = sg.run(**args)
+    names = ["shapes_cfg_constant_guidance=0.0", "shapes_cfg_constant_guidance=2.0",
+             "shapes_cfg_linear_guidance=0.0", "shapes_cfg_linear_guidance=2.0"]
+    assert list(res["scores"]) == names
+    assert res["sampling"][names[3]]["guidance_schedule"] == "linear" and res["sampling"][names[3]]["guidance"] == 2.0
+    for n in names:
+        assert 0.0 <= res["scores"][n]["geneval/overall"] <= 1.0
+        assert (tmp_path / "out" / n / "geneval" / "00000" / "samples" / "0000.png").is_file()
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["scores"] == res["scores"]
+    monkeypatch.setattr("evaluation.suite.run_suite", lambda *a, **k: pytest.fail("finished point rerun"))
+    assert sg.run(**args)["scores"] == res["scores"]
+    with pytest.raises(sg.InputError, match="guidanse"):
+        sg.sampling_points(files, {"guidanse": [1.0]})
+    with pytest.raises(sg.InputError, match="nope.yaml"):
+        sg.sampling_points(["configs/sampling/nope.yaml"])
