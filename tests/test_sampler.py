@@ -380,13 +380,16 @@ def test_sampling_geneval_scores_every_point_and_resumes(tmp_path, monkeypatch):
     prompts.write_text(json.dumps({"tag": "single_object", "include": [{"class": "circle", "count": 1}],
                                    "prompt": "a photo of a circle"}) + "\n")
     files = ["configs/sampling/shapes_cfg_constant.yaml", "configs/sampling/shapes_cfg_linear.yaml"]
-    args = dict(ckpt=str(tmp_path / "ar.ckpt"), sampling=files, vary={"guidance": [0.0, 2.0]},
+    points = sg.sampling_points(files, {"guidance": [0.0, 2.0]})
+    assert [n for n, _ in points] == ["shapes_cfg_constant_guidance=0.0", "shapes_cfg_constant_guidance=2.0",
+                                      "shapes_cfg_linear_guidance=0.0", "shapes_cfg_linear_guidance=2.0"]
+    assert [(c.guidance_schedule, c.guidance) for _, c in points] == [
+        ("constant", 0.0), ("constant", 2.0), ("linear", 0.0), ("linear", 2.0)]
+    args = dict(ckpt=str(tmp_path / "ar.ckpt"), sampling=files[1:], vary={"guidance": [0.0, 2.0]},
                 out=str(tmp_path / "out"), geneval_prompts=str(prompts), images_per_prompt=1, width=32, height=32)
     res = sg.run(**args)
-    names = ["shapes_cfg_constant_guidance=0.0", "shapes_cfg_constant_guidance=2.0",
-             "shapes_cfg_linear_guidance=0.0", "shapes_cfg_linear_guidance=2.0"]
-    assert list(res["scores"]) == names
-    assert res["sampling"][names[3]]["guidance_schedule"] == "linear" and res["sampling"][names[3]]["guidance"] == 2.0
+    names = [n for n, _ in points[2:]]
+    assert list(res["scores"]) == names and res["sampling"][names[1]]["guidance"] == 2.0
     for n in names:
         assert 0.0 <= res["scores"][n]["geneval/overall"] <= 1.0
         assert (tmp_path / "out" / n / "geneval" / "00000" / "samples" / "0000.png").is_file()
