@@ -280,6 +280,8 @@ def _buckets(keys: Sequence) -> dict:
 def _image_task(model: ARDecoder, prefixes: list[list], schedules: Sequence[ScaleSchedule],
                 cfg: SamplingConfig, record: list | None = None, stats: dict | None = None,
                 rows: RowLayout = "padded") -> list[list[torch.Tensor]]:
+    if rows not in ("padded", "grouped"):
+        raise ValueError(f"rows must be 'padded' or 'grouped', got {rows!r}")
     builder, out = builder_for(model), [None] * len(prefixes)
     for schedule, idx in _buckets(schedules).items():
         segs = [prefixes[i] for i in idx]
