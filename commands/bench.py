@@ -148,8 +148,9 @@ def bench_train_step(preset: str = "shapes-small", side: int = 16, batch: int = 
 
 
 def bench_sampling(device: str = "cpu") -> dict:
-    """Next-scale vs raster-scan sampling (issue 5; modules/ar/bench_sampling.py)."""
-    from modules.ar import bench_sampling as bs
+    """Next-scale vs raster-scan sampling (issue 5) and the sampling step's cost before vs after
+    (issue 17); benchmarks/sampling.py."""
+    from benchmarks import sampling as bs
 
     return bs.bench_sampling()
 

@@ -1,6 +1,7 @@
 """Sampler: KV-cached logits == full recomputation with the training mask (text, images, mixed;
-residual and accumulated inputs; padded batches and CFG rows), the sampling step (CFG 0 ==
-unguided, top-k 1 == argmax, top-p, vocabulary restriction), determinism, aspect-ratio buckets."""
+residual and accumulated inputs; padded batches and CFG rows), CFG's padded single forward ==
+the two-forward layout, the sampling step (CFG 0 == unguided, top-k 1 == argmax, top-p,
+vocabulary restriction, k-th value == full sort), determinism, aspect-ratio buckets."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -8,10 +9,11 @@ import torch.nn.functional as F
 from modules.ar import tasks
 from modules.ar.config import ARConfig
 from modules.ar.model import ARDecoder
-from modules.ar.decode_state import builder_for, prefill
+from modules.ar.decode_state import DecodeState, builder_for, prefill
 from modules.ar.sampler import (SamplingConfig, StepConfig, answer, continue_interleaved, edit_images,
-                                generate_images, sample_image, sample_step, sample_text)
-from modules.common.sequence import collate
+                                generate_images, sample_image, sample_step, sample_text, truncated_logits)
+from modules.common.attention_mask import block_causal_mask
+from modules.common.sequence import Tokens, collate
 from modules.common.scale_schedule import ScaleSchedule
 
 SCH = ScaleSchedule.square(4)  # 1, 2, 3, 4: 30 tokens
@@ -98,6 +100,86 @@ def test_kv_cached_text_and_mixed_logits_equal_full_recomputation():
     assert got.shape == full.shape
     torch.testing.assert_close(got, full, atol=2e-5, rtol=1e-4)
     assert all(V.is_text(torch.tensor(t)).all() for t in text1 + text2)
+
+
+def _forward_calls(m):
+    calls = []
+    return calls, m.register_forward_pre_hook(lambda _mod, _inp: calls.append(1))
+
+
+@pytest.mark.parametrize("visual_inputs", ["residual", "accumulated"])
+def test_cfg_padded_single_forward_equals_two_forwards(visual_inputs):
+    """CFG's conditional rows (caption) and unconditional rows (no caption: a shorter prefix) as one
+    left-padded batch, one forward per scale, give the logits and (fixed seed) the codes of the
+    two-forward layout, row by row, at every scale."""
+    m = _model(visual_inputs)
+    caps = [[65, 66, 67], [68, 69, 70]]
+    cfg = SamplingConfig(seed=3, guidance=3.0, guidance_schedule="constant", top_k=8, top_p=0.9)
+    out, recs, calls = {}, {}, {}
+    for rows in ("grouped", "padded"):
+        recs[rows] = []
+        n, h = _forward_calls(m)
+        try:
+            out[rows] = generate_images(m, caps, SCH, cfg, record=recs[rows], rows=rows)
+        finally:
+            h.remove()
+        calls[rows] = len(n)
+    K = SCH.num_scales
+    assert calls == {"grouped": 2 * (1 + K), "padded": 1 + K}
+    assert all(torch.equal(a, b) for x, y in zip(out["grouped"], out["padded"]) for a, b in zip(x, y))
+    g, p = recs["grouped"], recs["padded"]
+    assert len(g) == len(p) == 1 + K and all(r.shape[0] == 4 for r in p)
+    V = m.config.vocab
+    for b in range(4):  # prefill: each row's own (unpadded) tokens; the unconditional rows are shorter
+        n_b = len(builder_for(m).build(tasks.t2i(V, caps[b % 2], SCH, [])[:-1], drop_cond=b >= 2))
+        torch.testing.assert_close(p[0][b, -n_b:], g[0][b, -n_b:], atol=2e-5, rtol=1e-4)
+    assert p[0].shape[1] > len(builder_for(m).build(tasks.t2i(V, caps[0], SCH, [])[:-1], drop_cond=True))
+    for k in range(1, 1 + K):
+        torch.testing.assert_close(p[k], g[k], atol=2e-5, rtol=1e-4)
+
+
+def test_chunk_mask_is_the_training_rule():
+    """A one-block chunk on a left-padded cache gets a per-row key mask equal to the block-causal
+    rule (and no mask when no key is padding)."""
+    B, l = 3, 4
+    blk_k = torch.tensor([[-1, -1, 0, 1, 2], [0, 1, 1, 1, 2], [-1, 0, 1, 2, 2]])
+    smp_k = torch.tensor([[-1, -1, 0, 0, 0], [0, 0, 0, 0, 0], [-1, 0, 0, 0, 0]])
+    tok = Tokens(ids=torch.zeros(B, l, dtype=torch.long), vis=torch.zeros(B, l, 1),
+                 vis_mask=torch.zeros(B, l, dtype=torch.bool), pos=torch.zeros(B, l, 3),
+                 block=torch.full((B, l), 3), scale=torch.zeros(B, l, dtype=torch.long),
+                 nscales=torch.zeros(B, l, dtype=torch.long), target=torch.zeros(B, l, dtype=torch.long),
+                 weight=torch.zeros(B, l), sample=torch.zeros(B, l, dtype=torch.long))
+    blk, smp = torch.cat([blk_k, tok.block], 1), torch.cat([smp_k, tok.sample], 1)
+    got = DecodeState._chunk_mask(tok, blk, smp)
+    assert got.shape == (B, 1, 1, 5 + l)
+    assert torch.equal(got.expand(B, 1, l, 5 + l), block_causal_mask(tok.block, tok.sample, blk, smp))
+    assert DecodeState._chunk_mask(tok, blk[1:2], smp[1:2]) is None
+
+
+@pytest.mark.parametrize("allowed", ["visual", "text", None])
+def test_kth_value_truncation_equals_full_sort(allowed):
+    """The k-th value mask and the top-p sort of the kept set keep the same tokens with the same
+    probabilities as the earlier full sort, and draw the same ids with one seed."""
+    from benchmarks.sampling import sample_step_sorted, truncated_logits_sorted
+
+    V = ARConfig.from_name("tiny").vocab
+    mask = {"visual": V.visual_mask(), "text": V.text_mask(), None: None}[allowed]
+    g = torch.Generator().manual_seed(0)
+    x, u = torch.randn(2, 50, V.size, generator=g) * 3, torch.randn(2, 50, V.size, generator=g)
+    for k, p, t, cfg in [(0, 1.0, 1.0, 0.0), (8, 1.0, 1.0, 0.0), (40, 1.0, 0.7, 2.0), (8, 0.5, 1.0, 0.0),
+                         (0, 0.9, 1.3, 0.0), (40, 0.95, 1.0, 3.0), (1000, 0.9, 1.0, 0.0), (1000, 1.0, 1.0, 0.0)]:
+        step = StepConfig(cfg, t, k, p)
+        ref = truncated_logits_sorted(x, step, mask, u)
+        new, off = truncated_logits(x, step, mask, u)
+        full = torch.full_like(ref, float("-inf"))
+        full[..., off:off + new.shape[-1]] = new
+        assert torch.equal(full > float("-inf"), ref > float("-inf")), (k, p)
+        if k:
+            assert int((ref[0, 0] > float("-inf")).sum()) <= k
+        torch.testing.assert_close(full.softmax(-1), ref.softmax(-1), atol=1e-6, rtol=1e-5)
+        a = sample_step(x, step, mask, torch.Generator().manual_seed(1), u)
+        b = sample_step_sorted(x, step, mask, torch.Generator().manual_seed(1), u)
+        assert torch.equal(a, b), (k, p)
 
 
 def test_cfg_zero_equals_unguided():
@@ -230,7 +312,7 @@ def test_several_aspect_ratios_in_one_call_are_bucketed():
 
 
 def test_raster_baseline_and_flop_formulas():
-    from modules.ar.bench_sampling import mmdit_flops, next_scale_flops, raster_flops, sample_raster
+    from benchmarks.sampling import mmdit_flops, next_scale_flops, raster_flops, sample_raster
 
     m = _model()
     c = m.config
@@ -252,11 +334,69 @@ def test_raster_baseline_and_flop_formulas():
 
 
 def test_bench_sampling_runs_and_reports_ratios():
-    from modules.ar.bench_sampling import bench_sampling
+    from benchmarks.sampling import bench_sampling
 
-    res = bench_sampling(grids=(4,), kv_off_grids=(4,), repeats=1, threads=None)
+    res = bench_sampling(grids=(4,), kv_off_grids=(4,), repeats=1, threads=None, step_cost=False)
     r = res["grids"][4]
     assert r["ns_forwards"] == 1 + 4 and r["raster_forwards"] == 1 + 16
     assert r["ratio"] > 0 and r["kv_speedup"] > 0 and r["flops_mmdit"] > r["flops_ns"]
     assert 0 < r["ns_attention_s"] < r["next_scale_s"] and r["ratio_bound"] == pytest.approx(r["raster_s"] / r["ns_attention_s"])
     assert res["qwen7b_1024"]["mmdit_over_ns"] > 1
+
+
+def test_bench_step_cost_compares_before_and_after():
+    from benchmarks.sampling import bench_step_cost
+
+    res = bench_step_cost(grids=(4,), repeats=1, threads=None, nf_rows=4, step_settings=((8, 1.0), (8, 0.9)))
+    r = res["cfg"][4]
+    assert r["grouped_forwards"] == 2 * (1 + 4) and r["padded_forwards"] == 1 + 4 and r["same_codes"]
+    assert r["speedup"] == pytest.approx(r["grouped_s"] / r["padded_s"])
+    assert [(x["vocab"], x["top_k"], x["top_p"]) for x in res["step"]] == [
+        ("shapes-small", 8, 1.0), ("shapes-small", 8, 0.9), ("qwen2.5-7b", 2, 0.9)]
+    assert all(x["same_ids"] and x["sorted_s"] > 0 and x["kth_s"] > 0 for x in res["step"])
+
+
+def test_sampling_geneval_scores_every_point_and_resumes(tmp_path, monkeypatch):
+    """GenEval per sampling point (files × --vary) on one checkpoint: the suite's layout per point,
+    one summary; a rerun skips finished points; bad input names the file or key."""
+    import json
+
+    import lightning
+
+    from benchmarks import sampling_geneval as sg
+    from modules.ar.sampler import save_generator
+    from modules.tokenizer import TokenizerConfig, TokenizerModule
+
+    torch.manual_seed(0)
+    tok = TokenizerModule(TokenizerConfig(codebook_size=64, ch=8, ch_mult=(1, 2, 2), num_res_blocks=1,
+                                          semantic_ch=8, semantic_decoder_ch=8), val_oracle=False,
+                          rfid_extractor=None)
+    torch.save({"state_dict": tok.state_dict(), "hyper_parameters": dict(tok.hparams),
+                "pytorch-lightning_version": lightning.__version__}, tmp_path / "tok.ckpt")
+    ar = _model()
+    ar.init_visual_from_codebook(tok.code_embeddings().detach())
+    save_generator(ar, tmp_path / "ar.ckpt", tokenizer_ckpt=str(tmp_path / "tok.ckpt"))
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"tag": "single_object", "include": [{"class": "circle", "count": 1}],
+                                   "prompt": "a photo of a circle"}) + "\n")
+    files = ["configs/sampling/shapes_cfg_constant.yaml", "configs/sampling/shapes_cfg_linear.yaml"]
+    points = sg.sampling_points(files, {"guidance": [0.0, 2.0]})
+    assert [n for n, _ in points] == ["shapes_cfg_constant_guidance=0.0", "shapes_cfg_constant_guidance=2.0",
+                                      "shapes_cfg_linear_guidance=0.0", "shapes_cfg_linear_guidance=2.0"]
+    assert [(c.guidance_schedule, c.guidance) for _, c in points] == [
+        ("constant", 0.0), ("constant", 2.0), ("linear", 0.0), ("linear", 2.0)]
+    args = dict(ckpt=str(tmp_path / "ar.ckpt"), sampling=files[1:], vary={"guidance": [0.0, 2.0]},
+                out=str(tmp_path / "out"), geneval_prompts=str(prompts), images_per_prompt=1, width=32, height=32)
+    res = sg.run(**args)
+    names = [n for n, _ in points[2:]]
+    assert list(res["scores"]) == names and res["sampling"][names[1]]["guidance"] == 2.0
+    for n in names:
+        assert 0.0 <= res["scores"][n]["geneval/overall"] <= 1.0
+        assert (tmp_path / "out" / n / "geneval" / "00000" / "samples" / "0000.png").is_file()
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["scores"] == res["scores"]
+    monkeypatch.setattr("evaluation.suite.run_suite", lambda *a, **k: pytest.fail("finished point rerun"))
+    assert sg.run(**args)["scores"] == res["scores"]
+    with pytest.raises(sg.InputError, match="guidanse"):
+        sg.sampling_points(files, {"guidanse": [1.0]})
+    with pytest.raises(sg.InputError, match="nope.yaml"):
+        sg.sampling_points(["configs/sampling/nope.yaml"])

@@ -6,8 +6,12 @@ top of the cache under the training rule (`block_causal_mask` against the cached
 sample ids), unmasked when the chunk is one block over all-valid keys (VAR: at inference the cache
 holds earlier scales and the queries are the current scale). `use_cache=False` reruns the whole
 history each step under the same mask (the no-cache baseline, and the tests' reference).
-Rows of different prefix lengths are either grouped (`GroupedState`, e.g. CFG's conditional vs
-shorter unconditional rows: no padded keys, so no masks) or left-padded with masked keys.
+Rows of different prefix lengths (CFG's conditional vs shorter unconditional rows, captions of
+different lengths) are left-padded into one batch: each row keeps its own 3D positions, the
+prefill runs under the block-causal mask, and every later one-block chunk needs only a per-row key
+mask that hides the padding (one forward per step for all rows). `GroupedState` instead runs each
+prefix length as its own unpadded state (one forward per group per step; `prefill(max_groups=2)`,
+the text sampler's default and the sampling benchmark's baseline).
 """
 from __future__ import annotations
 
@@ -61,9 +65,7 @@ class DecodeState:
         smp_k = tok.sample if self.sample_BL is None else torch.cat([self.sample_BL, tok.sample], 1)
         l = tok.ids.shape[1]
         if self.use_cache:
-            one_block = bool((tok.block == tok.block[:, :1]).all()) and bool((smp_k >= 0).all())
-            mask = None if one_block else block_causal_mask(tok.block, tok.sample, blk_k, smp_k)
-            logits = self.model(**tok.model_inputs(), mask=mask, cache=self.cache)
+            logits = self.model(**tok.model_inputs(), mask=self._chunk_mask(tok, blk_k, smp_k), cache=self.cache)
         else:  # full recomputation with the training-time block-causal mask
             self.history.append(tok)
             full = Tokens(**{f.name: torch.cat([getattr(h, f.name) for h in self.history], 1)
@@ -77,6 +79,20 @@ class DecodeState:
 
     def next_block(self) -> int:
         return int(self.block_BL.max()) + 1
+
+    @staticmethod
+    def _chunk_mask(tok: Tokens, blk_k: torch.Tensor, smp_k: torch.Tensor) -> torch.Tensor | None:
+        """The training rule for a chunk against the cached keys. A chunk that is one block, later
+        than every cached block, of one sample per row, needs only a per-row key mask (B, 1, 1, Lk):
+        the rule reduces to sample_k == the row's sample, which drops left padding (sample −1)
+        alone; it is None when no key is masked (VAR's unmasked inference step)."""
+        blk_q, smp_q = tok.block[:, :1], tok.sample[:, :1]
+        one_block = bool((tok.block == blk_q).all()) and bool((tok.sample == smp_q).all()) \
+            and bool((blk_k <= blk_q).all())
+        if not one_block:
+            return block_causal_mask(tok.block, tok.sample, blk_k, smp_k)
+        keys_BLk = smp_k == smp_q
+        return None if bool(keys_BLk.all()) else keys_BLk[:, None, None]
 
     def keep_rows(self, n: int) -> None:
         """Keep the first n rows (drop the unconditional half once guidance is off)."""
@@ -98,9 +114,8 @@ def builder_for(model: ARDecoder) -> SequenceBuilder:
 
 class GroupedState:
     """Rows split into groups of equal prefix length, each its own DecodeState: no padded keys, so
-    every later chunk runs without a mask (an SDPA bool mask costs ~2x attention time on CPU and
-    rules out flash kernels). Used for CFG (conditional rows vs the shorter unconditional ones).
-    Same interface as DecodeState; logits come back in the original row order."""
+    every later chunk runs without a mask, at one forward per group per step. Same interface as
+    DecodeState; logits come back in the original row order."""
 
     def __init__(self, groups: list[tuple[list[int], DecodeState]], record: list | None):
         self.groups, self.record = groups, record

@@ -10,7 +10,9 @@ the tokens, 3D positions and scale embeddings training saw; attention follows th
 runs unmasked (VAR: at inference the cache holds earlier scales; queries = the current scale).
 
 CFG: the unconditional rows (the prefix built with `drop_cond=True`, the way training drops the
-condition) run alongside in the same batch; sampled codes are fed to both halves. Guidance
+condition) run alongside in the same batch; sampled codes are fed to both halves. Their prefix is
+shorter, so the batch is left-padded: every row keeps its own exact 3D positions, and each scale
+is one forward whose attention masks the padding keys alone (a per-row key mask). Guidance
 t_s is constant or VAR's linear ramp t_s = g·s/(K−1), logits = (1+t)·cond − t·uncond (VAR),
 and is switched off from `guidance_off_from` on (the unconditional rows are then dropped).
 """
@@ -31,6 +33,7 @@ from modules.common.rope import text_positions
 from modules.common.scale_schedule import ScaleSchedule
 
 PerScale = float | list[float]
+RowLayout = Literal["padded", "grouped"]
 
 
 @dataclass(frozen=True)
@@ -94,35 +97,73 @@ class SamplingConfig:
         return StepConfig(0.0, self.text_temperature, self.text_top_k, self.text_top_p)
 
 
-def sample_step(logits_BlV: torch.Tensor, step: StepConfig, allowed_V: torch.Tensor | None = None,
-                generator: torch.Generator | None = None,
-                uncond_BlV: torch.Tensor | None = None) -> torch.Tensor:
-    """The sampling step: logits of the current step -> ids (B, l). CFG combine (VAR:
-    (1+t)·cond − t·uncond), vocabulary restriction, temperature, top-k, top-p, multinomial.
-    temperature 0 or top_k 1 is greedy (argmax)."""
+def _contiguous(allowed_V: torch.Tensor) -> tuple[int, int] | None:
+    """(lo, hi) when the allowed ids are exactly the range [lo, hi), else None."""
+    idx = allowed_V.nonzero()
+    if len(idx) == 0:
+        return None
+    lo, hi = int(idx[0]), int(idx[-1]) + 1
+    return (lo, hi) if hi - lo == len(idx) else None
+
+
+def truncated_logits(logits_BlV: torch.Tensor, step: StepConfig, allowed_V: torch.Tensor | None = None,
+                     uncond_BlV: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+    """The sampling step up to the draw: CFG combine (VAR: (1+t)·cond − t·uncond), vocabulary
+    restriction, temperature, top-k, top-p (REFERENCE.md "Sampling details": top-k then top-p then
+    multinomial). Returns (logits, offset): ids outside the kept set are −inf, and id i of the
+    result is vocabulary id i + offset. Not defined for greedy steps (temperature 0, top_k 1).
+
+    Cost: a restriction that is one id range (the visual codes) slices the logits instead of
+    masking them (offset = the range's start); top-k masks below the k-th largest value (an
+    unsorted top-k), and top-p sorts only the kept set (the top-k values when top-k is on). Every
+    logit tied with the last kept value is kept; otherwise kept set and probabilities are those
+    of a full sort (benchmarks/sampling.py `truncated_logits_sorted`, tests/test_sampler.py)."""
     x = logits_BlV.float()
     if uncond_BlV is not None and step.guidance != 0:
         x = (1 + step.guidance) * x - step.guidance * uncond_BlV.float()
+    offset = 0
     if allowed_V is not None:
-        x = x.masked_fill(~allowed_V.to(x.device), float("-inf"))
+        span = _contiguous(allowed_V)
+        if span is not None:
+            offset, x = span[0], x[..., span[0]:span[1]]
+        else:
+            x = x.masked_fill(~allowed_V.to(x.device), float("-inf"))
     if step.temperature <= 0 or step.top_k == 1:
-        return x.argmax(-1)
+        return x, offset
     x = x / step.temperature
-    V = x.shape[-1]
-    if 0 < step.top_k < V:
-        kth = x.topk(step.top_k, dim=-1).values[..., -1:]
-        x = x.masked_fill(x < kth, float("-inf"))
-    if step.top_p < 1.0:
-        srt, order = x.sort(-1, descending=True)
+    top_k = step.top_k if 0 < step.top_k < x.shape[-1] else 0
+    if step.top_p < 1.0:  # the kept set in descending order: the top-k values, or a full sort
+        srt = x.topk(top_k, dim=-1).values if top_k else x.sort(-1, descending=True).values
         p = srt.softmax(-1)
-        drop = (p.cumsum(-1) - p) > step.top_p  # keeps the smallest prefix reaching top_p (>= 1 token)
-        x = x.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
-    # multinomial by inverse CDF (one uniform per row; faster than torch.multinomial on CPU)
-    cdf = x.softmax(-1).reshape(-1, V).cumsum(-1)
+        keep = (p.cumsum(-1) - p) <= step.top_p  # the smallest prefix reaching top_p
+        thr = srt.gather(-1, keep.sum(-1, keepdim=True).clamp_min(1) - 1)  # >= 1 token
+        x = x.masked_fill(x < thr, float("-inf"))
+    elif top_k:
+        thr = x.topk(top_k, dim=-1, sorted=False).values.amin(-1, keepdim=True)
+        x = x.masked_fill(x < thr, float("-inf"))
+    return x, offset
+
+
+def draw(x_BlV: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Multinomial over softmax(x) by inverse CDF (one uniform per row; faster than
+    torch.multinomial on CPU), never an id whose logit is −inf. -> (B, l)."""
+    V = x_BlV.shape[-1]
+    cdf = x_BlV.softmax(-1).reshape(-1, V).cumsum(-1)
     u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device, dtype=cdf.dtype) * cdf[:, -1:]
     idx = torch.searchsorted(cdf, u, right=True)
-    last = V - 1 - (x.reshape(-1, V) > float("-inf")).flip(-1).float().argmax(-1, keepdim=True)
-    return torch.minimum(idx, last).view(x.shape[:-1])
+    last = V - 1 - (x_BlV.reshape(-1, V) > float("-inf")).flip(-1).float().argmax(-1, keepdim=True)
+    return torch.minimum(idx, last).view(x_BlV.shape[:-1])
+
+
+def sample_step(logits_BlV: torch.Tensor, step: StepConfig, allowed_V: torch.Tensor | None = None,
+                generator: torch.Generator | None = None,
+                uncond_BlV: torch.Tensor | None = None) -> torch.Tensor:
+    """The sampling step: logits of the current step -> ids (B, l) (`truncated_logits`, then
+    `draw`). temperature 0 or top_k 1 is greedy (argmax)."""
+    x, offset = truncated_logits(logits_BlV, step, allowed_V, uncond_BlV)
+    if step.temperature <= 0 or step.top_k == 1:
+        return x.argmax(-1) + offset
+    return draw(x, generator) + offset
 
 
 def block_features(builder: SequenceBuilder, codes: list[torch.Tensor], schedule: ScaleSchedule,
@@ -237,16 +278,19 @@ def _buckets(keys: Sequence) -> dict:
 
 @torch.no_grad()
 def _image_task(model: ARDecoder, prefixes: list[list], schedules: Sequence[ScaleSchedule],
-                cfg: SamplingConfig,
-                record: list | None = None, stats: dict | None = None) -> list[list[torch.Tensor]]:
+                cfg: SamplingConfig, record: list | None = None, stats: dict | None = None,
+                rows: RowLayout = "padded") -> list[list[torch.Tensor]]:
+    if rows not in ("padded", "grouped"):
+        raise ValueError(f"rows must be 'padded' or 'grouped', got {rows!r}")
     builder, out = builder_for(model), [None] * len(prefixes)
     for schedule, idx in _buckets(schedules).items():
         segs = [prefixes[i] for i in idx]
         guided = cfg.guidance != 0 and any(cfg.guidance_at(s, schedule.num_scales) != 0
                                            for s in range(schedule.num_scales))
         n = len(segs)
-        rows, drop = (segs + segs, [False] * n + [True] * n) if guided else (segs, [False] * n)
-        st, _ = prefill(model, builder, rows, drop, cfg.use_cache, record)
+        batch, drop = (segs + segs, [False] * n + [True] * n) if guided else (segs, [False] * n)
+        st, _ = prefill(model, builder, batch, drop, cfg.use_cache, record,
+                        max_groups=1 if rows == "padded" else 2)
         codes = sample_image(st, builder, schedule, cfg, _generator(cfg, st.device), len(segs))
         for j, i in enumerate(idx):
             out[i] = [c[j] for c in codes]
@@ -258,14 +302,17 @@ def _image_task(model: ARDecoder, prefixes: list[list], schedules: Sequence[Scal
 def generate_images(model: ARDecoder, captions: list[list[int]],
                     schedules: ScaleSchedule | Sequence[ScaleSchedule],
                     cfg: SamplingConfig | None = None, *, record: list | None = None,
-                    stats: dict | None = None) -> list[list[torch.Tensor]]:
+                    stats: dict | None = None, rows: RowLayout = "padded") -> list[list[torch.Tensor]]:
     """Text-to-image: caption text ids per prompt -> per-scale codes (h_k, w_k) per prompt.
-    `schedules`: one for all, or one per prompt (bucketed by schedule)."""
+    `schedules`: one for all, or one per prompt (bucketed by schedule). `rows`: "padded" runs
+    every row (CFG's conditional and unconditional ones included) as one left-padded batch, one
+    forward per scale; "grouped" runs each prefix length apart (the earlier layout, kept as the
+    benchmark's baseline); both give the same logits."""
     cfg = cfg or SamplingConfig()
     V = model.config.vocab
     schedules = [schedules] * len(captions) if isinstance(schedules, ScaleSchedule) else list(schedules)
     prefixes = [_drop_image(tasks.t2i(V, list(c), s, [])) for c, s in zip(captions, schedules)]
-    return _image_task(model, prefixes, schedules, cfg, record, stats)
+    return _image_task(model, prefixes, schedules, cfg, record, stats, rows)
 
 
 def edit_images(model: ARDecoder, sources: list[tuple[ScaleSchedule, list[torch.Tensor]]],

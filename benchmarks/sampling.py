@@ -1,6 +1,6 @@
 """Sampling benchmark: next-scale vs raster-scan AR on one randomly initialised model, in one run.
 
-    bench_sampling(preset="tiny", grids=(16, 32, 64))   # wired as `python main.py bench sampling`
+    bench_sampling(preset="tiny", grids=(16, 32, 64))   # wired as `python main.py bench --what sampling`
 
 Prints (rich) wall time, forward passes and tokens/s of next-scale sampling (KV cache) and of
 the raster-scan baseline (the same model, one token per step over the final grid, KV cache) for
@@ -8,6 +8,12 @@ each final grid, the speed ratios, next-scale with the KV cache on vs off, and F
 from the model config: next-scale vs raster vs an MMDiT of equal width and depth (and the same
 table for the Qwen2.5-7B shape at 64×64, the paper's 1024² setting; REFERENCE.md "Results":
 about 6× fewer FLOPs than an MMDiT at 1024²).
+
+Then the sampling step's cost, before vs after (issue 17), side by side in the same process:
+CFG's conditional and unconditional rows as two forwards per scale (one per prefix length,
+`rows="grouped"`) vs one left-padded forward (`rows="padded"`, the sampler's default), and the
+truncation step as a full sort (`truncated_logits_sorted`, the earlier code, kept here as the
+reference) vs the unsorted k-th value and a sort of the kept set only (`truncated_logits`).
 """
 from __future__ import annotations
 
@@ -20,10 +26,47 @@ from modules.ar import tasks
 from modules.ar.config import ARConfig
 from modules.ar.decode_state import builder_for, prefill, stack_rows
 from modules.ar.model import ARDecoder
-from modules.ar.sampler import SamplingConfig, _drop_image, generate_images, sample_step
+from modules.ar.sampler import (SamplingConfig, StepConfig, _drop_image, draw, generate_images, sample_step,
+                                truncated_logits)
 from modules.common.sequence import Tokens, boi_block
 from modules.common.rope import image_positions
 from modules.common.scale_schedule import ScaleSchedule
+
+
+# ---------------------------------------------------------------------------- the earlier sampling step
+def truncated_logits_sorted(logits_BlV: torch.Tensor, step: StepConfig, allowed_V: torch.Tensor | None = None,
+                            uncond_BlV: torch.Tensor | None = None) -> torch.Tensor:
+    """The earlier truncation step (the reference for `truncated_logits`): mask the vocabulary,
+    top-k from a sorted top-k, top-p from a full sort of the vocabulary. -> (B, l, V) logits,
+    −inf outside the kept set."""
+    x = logits_BlV.float()
+    if uncond_BlV is not None and step.guidance != 0:
+        x = (1 + step.guidance) * x - step.guidance * uncond_BlV.float()
+    if allowed_V is not None:
+        x = x.masked_fill(~allowed_V.to(x.device), float("-inf"))
+    if step.temperature <= 0 or step.top_k == 1:
+        return x
+    x = x / step.temperature
+    V = x.shape[-1]
+    if 0 < step.top_k < V:
+        kth = x.topk(step.top_k, dim=-1).values[..., -1:]
+        x = x.masked_fill(x < kth, float("-inf"))
+    if step.top_p < 1.0:
+        srt, order = x.sort(-1, descending=True)
+        p = srt.softmax(-1)
+        drop = (p.cumsum(-1) - p) > step.top_p  # keeps the smallest prefix reaching top_p (>= 1 token)
+        x = x.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return x
+
+
+def sample_step_sorted(logits_BlV: torch.Tensor, step: StepConfig, allowed_V: torch.Tensor | None = None,
+                       generator: torch.Generator | None = None,
+                       uncond_BlV: torch.Tensor | None = None) -> torch.Tensor:
+    """The earlier sampling step (`truncated_logits_sorted`, then the same draw)."""
+    x = truncated_logits_sorted(logits_BlV, step, allowed_V, uncond_BlV)
+    if step.temperature <= 0 or step.top_k == 1:
+        return x.argmax(-1)
+    return draw(x, generator)
 
 
 # ---------------------------------------------------------------------------- raster-scan baseline
@@ -166,8 +209,9 @@ def _timed(fn, repeats: int = 1):
 def bench_sampling(preset: str = "tiny", grids: tuple[int, ...] = (16, 32, 64),
                    kv_off_grids: tuple[int, ...] = (16, 32), caption: str = "a photo of a red circle",
                    mmdit_steps: int = 28, mmdit_text_tokens: int = 77, threads: int | None = 1, seed: int = 0,
-                   repeats: int = 2, device: str = "cpu", **overrides) -> dict:
-    """Run the benchmark and print the tables; returns the raw numbers. Wall times are the best
+                   repeats: int = 2, device: str = "cpu", step_cost: bool = True, **overrides) -> dict:
+    """Run the benchmark and print the tables (with `step_cost`, `bench_step_cost`'s too, on the
+    same model and grids); returns the raw numbers. Wall times are the best
     of `repeats` runs (raster at grids >= 64: one run); one intra-op thread by default, since the
     two cores are shared (a second thread slows single-token steps down under load)."""
     from rich.console import Console
@@ -253,4 +297,112 @@ def bench_sampling(preset: str = "tiny", grids: tuple[int, ...] = (16, 32, 64),
     console.print(f"qwen2.5-7b at 1024²: MMDiT / next-scale = {fq[3].total / ns:.1f}x at {mmdit_steps} MMDiT "
                   f"steps, {18 * per_step / ns:.1f}x at 18, {50 * per_step / ns:.1f}x at 50 "
                   "(REFERENCE.md: about 6x)")
+    if step_cost:
+        res["step_cost"] = bench_step_cost(preset, grids, threads=threads, seed=seed, repeats=repeats,
+                                           device=device, model=model)
+    return res
+
+
+# ---------------------------------------------------------------------------- step cost: before vs after
+def _count_forwards(model: ARDecoder) -> tuple[dict, object]:
+    calls = {"n": 0}
+
+    def hook(_mod, _inp):
+        calls["n"] += 1
+
+    return calls, model.register_forward_pre_hook(hook)
+
+
+def bench_step_cost(preset: str = "tiny", grids: tuple[int, ...] = (16, 32, 64), prompts: int = 1,
+                    guidance: float = 3.0, caption: str = "a photo of a red circle",
+                    step_preset: str = "shapes-small",
+                    step_settings: tuple[tuple[int, float], ...] = ((8, 1.0), (512, 1.0), (8, 0.9)),
+                    nf_rows: int = 64, threads: int | None = 1, seed: int = 0, repeats: int = 2,
+                    device: str = "cpu", model: ARDecoder | None = None, **overrides) -> dict:
+    """Before vs after, same process, alternating runs (best of `repeats`):
+
+    - CFG rows: `generate_images` with constant guidance (unconditional rows at every scale) for
+      `prompts` prompts, rows "grouped" (two forwards per scale) vs "padded" (one); the codes of
+      both must agree, and the table says so.
+    - Truncation step: `truncated_logits_sorted` vs `truncated_logits` then the same draw on
+      random logits of the final scale (side² rows) over `step_preset`'s vocabulary restricted
+      to its visual codes, for each (top_k, top_p) in `step_settings`; and one row at NextFlow's
+      1024² setting (qwen2.5-7b vocabulary, top-k 2, top-p 0.9: REFERENCE.md "Prefix-tuning
+      GRPO") on `nf_rows` rows."""
+    from rich.console import Console
+    from rich.table import Table
+
+    if threads:
+        torch.set_num_threads(threads)
+    if model is None:
+        torch.manual_seed(seed)
+        model = ARDecoder(ARConfig.from_name(preset, **overrides)).eval()
+        c = model.config
+        model.init_visual_from_codebook(torch.nn.functional.normalize(torch.randn(c.codebook_size, c.code_dim), -1))
+        model.to(device)
+    c = model.config
+    cap = [min(i, c.text_vocab_size - 1) for i in caption.encode()]
+    cfg = SamplingConfig(seed=seed, guidance=guidance, guidance_schedule="constant")
+    generate_images(model, [cap], ScaleSchedule.square(4), cfg)  # warm-up
+    res: dict = {"preset": preset, "threads": torch.get_num_threads(), "cfg": {}, "step": []}
+    for side in grids:
+        sch, out, best = ScaleSchedule.square(side), {}, {}
+        for _ in range(repeats):  # alternate, so load from other processes hits both alike
+            for rows in ("grouped", "padded"):
+                calls, h = _count_forwards(model)
+                try:
+                    t, out[rows] = _timed(lambda: generate_images(model, [cap] * prompts, sch, cfg, rows=rows))
+                finally:
+                    h.remove()
+                best[rows] = min(best.get(rows, float("inf")), t)
+                res["cfg"].setdefault(side, {})[f"{rows}_forwards"] = calls["n"]
+        same = all(torch.equal(a, b) for x, y in zip(out["grouped"], out["padded"]) for a, b in zip(x, y))
+        res["cfg"][side].update(grouped_s=best["grouped"], padded_s=best["padded"],
+                                speedup=best["grouped"] / best["padded"], same_codes=same)
+
+    def step_row(name: str, V, rows: int, k: int, p: float, reps: int):
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(1, rows, V.size, generator=g) * 3
+        allowed, step = V.visual_mask(), StepConfig(0.0, 1.0, k, p)
+        def before():
+            return draw(truncated_logits_sorted(x, step, allowed), torch.Generator().manual_seed(0))
+
+        def after():
+            y, offset = truncated_logits(x, step, allowed)
+            return draw(y, torch.Generator().manual_seed(0)) + offset
+
+        t_old = t_new = float("inf")
+        for _ in range(reps):  # alternate
+            t, a = _timed(before)
+            t_old = min(t_old, t)
+            t, b = _timed(after)
+            t_new = min(t_new, t)
+        r = {"vocab": name, "rows": rows, "V": V.size, "top_k": k, "top_p": p, "sorted_s": t_old,
+             "kth_s": t_new, "speedup": t_old / t_new, "same_ids": bool(torch.equal(a, b))}
+        res["step"].append(r)
+
+    Vs = ARConfig.from_name(step_preset).vocab
+    for side in grids:
+        for k, p in step_settings:
+            step_row(step_preset, Vs, side * side, k, p, repeats)
+    step_row("qwen2.5-7b", ARConfig.from_name("qwen2.5-7b").vocab, nf_rows, 2, 0.9, 1)
+
+    console = Console(width=150)
+    t = Table(title=f"CFG rows, preset {preset!r}, {prompts} prompt(s) + unconditional rows, constant guidance "
+                    f"{guidance}, {torch.get_num_threads()} threads: two forwards per scale (before) vs one "
+                    "padded forward (after)")
+    for col in ("final grid", "before s", "fwd", "after s", "fwd", "before / after", "same codes"):
+        t.add_column(col, justify="right")
+    for side, r in res["cfg"].items():
+        t.add_row(f"{side}x{side}", f"{r['grouped_s']:.3f}", str(r["grouped_forwards"]), f"{r['padded_s']:.3f}",
+                  str(r["padded_forwards"]), f"{r['speedup']:.2f}x", str(r["same_codes"]))
+    console.print(t)
+    t = Table(title="Truncation step (restrict to visual codes, top-k, top-p) + draw: full sort (before) vs "
+                    "k-th value / sort of the kept set (after)")
+    for col in ("vocabulary", "V", "rows", "top_k", "top_p", "before s", "after s", "before / after", "same ids"):
+        t.add_column(col, justify="right")
+    for r in res["step"]:
+        t.add_row(r["vocab"], str(r["V"]), str(r["rows"]), str(r["top_k"]), f"{r['top_p']:g}",
+                  f"{r['sorted_s']:.4f}", f"{r['kth_s']:.4f}", f"{r['speedup']:.2f}x", str(r["same_ids"]))
+    console.print(t)
     return res
