@@ -20,6 +20,7 @@ task_counts, images, prompts) over the prompts whose text appears among the trai
 """
 from __future__ import annotations
 
+import functools
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -56,11 +57,20 @@ class SuiteConfig:
     train_captions: list[str] | None = None
 
 
+@functools.lru_cache(maxsize=4)
+def _caption_texts(shard_dirs: tuple[str, ...]) -> frozenset[str]:
+    """Training captions, read once per process (the periodic suite asks at every run)."""
+    from evaluation.geneval import caption_texts
+
+    return frozenset(caption_texts(shard_dirs))
+
+
 def geneval_split(records: list[dict], cfg: SuiteConfig) -> dict[str, Any]:
     """{"seen": summary, "unseen": summary, "split": "captions" | "rule"} for metrics.json."""
-    from evaluation.geneval import caption_texts, split_summaries
+    from evaluation.geneval import split_summaries
 
-    parts = split_summaries(records, caption_texts(cfg.train_captions) if cfg.train_captions else None)
+    texts = set(_caption_texts(tuple(str(d) for d in cfg.train_captions))) if cfg.train_captions else None
+    parts = split_summaries(records, texts)
     return {"seen": parts["seen"], "unseen": parts["unseen"], "split": parts["source"]}
 
 
