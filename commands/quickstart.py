@@ -375,7 +375,7 @@ def run(out: str = "runs/quickstart", size: str = "default") -> dict[str, Any]:
     for key in ("geneval/overall", "dpg/score", "editcanvas/overall", "understanding/overall"):
         if key in trained:
             table.add_row(f"{key}: trained vs untrained", f"{trained[key]:.3f} vs {untrained.get(key, float('nan')):.3f}")
-    for key in ("geneval/overall", "geneval/seen/overall", "geneval/unseen/overall"):
+    for key in ("geneval/overall", "geneval/seen/overall", "geneval/unseen/overall", "geneval/held_out/overall"):
         if key in trained:
             table.add_row(f"{key}: trained / random scenes / ground truth", " / ".join(
                 f"{r.get(key, float('nan')):.3f}" for r in (trained, baselines["random_scenes"], baselines["ground_truth"])))

@@ -197,20 +197,26 @@ def summarize(records: Sequence[dict]) -> GenEvalResults:
 
 
 def split_summaries(records: Sequence[dict], seen_texts: set[str] | None = None) -> dict[str, Any]:
-    """GenEval summaries of the seen and the unseen prompts' images (summarize() on each part).
+    """GenEval summaries of the seen and the unseen prompts' images (summarize() on each part),
+    and of the held-out ones (the prompts stating a combination shapes/split.py keeps out of
+    training: unseen by construction, whatever the captions).
 
-    seen_texts: the training captions (caption_texts); a prompt is seen if its text is among them.
-    None: the world's split rule (shapes/split.py: a prompt stating a held-out combination is
-    unseen). A part without images has overall None."""
+    seen_texts: the training captions (caption_texts); a prompt is seen if its text is among them
+    (so "unseen" also holds allowed prompts the training data happened not to caption). None: the
+    split rule decides (unseen == held_out). A part without images has overall None."""
     from shapes.split import split_of
 
     def seen(record: dict) -> bool:
         meta = json.loads(record["metadata"])
         return meta["prompt"] in seen_texts if seen_texts is not None else split_of(meta) == "seen"
 
+    def held_out(record: dict) -> bool:
+        return split_of(json.loads(record["metadata"])) == "unseen"
+
     out: dict[str, Any] = {"source": "captions" if seen_texts is not None else "rule"}
-    for part, wanted in (("seen", True), ("unseen", False)):
-        chosen = [r for r in records if seen(r) == wanted]
+    parts = {"seen": lambda r: seen(r), "unseen": lambda r: not seen(r), "held_out": held_out}
+    for part, wanted in parts.items():
+        chosen = [r for r in records if wanted(r)]
         summary = summarize(chosen).summary()
         if not chosen:
             summary["overall"] = None

@@ -17,6 +17,7 @@ metrics.json's "geneval" also holds "seen" and "unseen": the same summary (overa
 task_counts, images, prompts) over the prompts whose text appears among the training captions
 (SuiteConfig.train_captions) and over the others; "split" says which decided: "captions", or
 "rule" (the world's held-out combinations, shapes/split.py) when no training shards are given.
+"held_out" is the summary over the prompts the rule holds out (a subset of "unseen").
 """
 from __future__ import annotations
 
@@ -71,7 +72,7 @@ def geneval_split(records: list[dict], cfg: SuiteConfig) -> dict[str, Any]:
 
     texts = set(_caption_texts(tuple(str(d) for d in cfg.train_captions))) if cfg.train_captions else None
     parts = split_summaries(records, texts)
-    return {"seen": parts["seen"], "unseen": parts["unseen"], "split": parts["source"]}
+    return {"seen": parts["seen"], "unseen": parts["unseen"], "held_out": parts["held_out"], "split": parts["source"]}
 
 
 def run_geneval(gen: Generator, out: Path, cfg: SuiteConfig) -> dict:
@@ -207,11 +208,11 @@ def headline(metrics: dict[str, Any]) -> dict[str, float]:
         out["geneval/overall"] = float(metrics["geneval"]["overall"])
         for task, score in metrics["geneval"].get("tasks", {}).items():
             out[f"geneval/{task}"] = float(score)
-        for part in ("seen", "unseen"):
+        for part in ("seen", "unseen", "held_out"):
             summary = metrics["geneval"].get(part) or {}
             if summary.get("overall") is not None:
                 out[f"geneval/{part}/overall"] = float(summary["overall"])
-                for task, score in summary.get("tasks", {}).items():
+                for task, score in summary.get("tasks", {}).items() if part != "held_out" else ():
                     out[f"geneval/{part}/{task}"] = float(score)
     if "dpg" in metrics:
         out["dpg/score"] = float(metrics["dpg"]["dpg"])

@@ -112,12 +112,14 @@ def test_geneval_is_reported_on_seen_and_unseen_prompts(perfect):
     assert gen["seen"]["images"] + gen["unseen"]["images"] == gen["images"]
     scores = headline(metrics)
     assert scores["geneval/seen/overall"] >= 0.95 and scores["geneval/unseen/overall"] >= 0.95
+    assert gen["held_out"]["prompts"] == unseen and scores["geneval/held_out/overall"] >= 0.95
 
 
 def test_seen_means_the_prompt_text_is_among_the_training_captions(tmp_path):
     """split_summaries with training captions: a prompt is seen iff its exact text was a caption;
     caption_texts reads every caption field of world shards."""
     from commands.world import run as world
+    from shapes.split import split_of
     from evaluation.geneval import caption_texts, split_summaries
 
     world(kind="scenes", out=str(tmp_path / "w"), num_samples=8, samples_per_shard=4, seed=1, prompt_mix=1.0)
@@ -131,6 +133,7 @@ def test_seen_means_the_prompt_text_is_among_the_training_captions(tmp_path):
     parts = split_summaries(records, texts)
     assert parts["source"] == "captions"
     assert (parts["seen"]["prompts"], parts["unseen"]["prompts"]) == (len(inside[:2]), 3)
+    assert parts["held_out"]["prompts"] == sum(split_of(m) == "unseen" for m in inside[:2] + outside)
     empty = split_summaries(records[:1], set())
     assert empty["seen"]["overall"] is None and empty["unseen"]["images"] == 1
     with pytest.raises(FileNotFoundError, match="no .tar shards"):
