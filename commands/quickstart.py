@@ -377,8 +377,9 @@ def run(out: str = "runs/quickstart", size: str = "default") -> dict[str, Any]:
             table.add_row(f"{key}: trained vs untrained", f"{trained[key]:.3f} vs {untrained.get(key, float('nan')):.3f}")
     for key in ("geneval/overall", "geneval/seen/overall", "geneval/unseen/overall", "geneval/held_out/overall"):
         if key in trained:
-            table.add_row(f"{key}: trained / random scenes / ground truth", " / ".join(
-                f"{r.get(key, float('nan')):.3f}" for r in (trained, baselines["random_scenes"], baselines["ground_truth"])))
+            runs = (trained, baselines["random_scenes"], baselines["ground_truth"])
+            table.add_row(f"{key}: trained / random scenes / ground truth",
+                          " / ".join(f"{r.get(key, float('nan')):.3f}" for r in runs))
     table.add_row("report", report["report"])
     Console().print(table)
     return {"stages": log, "report": report["report"]}

@@ -266,8 +266,9 @@ def run(
     if kind == "scenes":
         result["eval_overlap"] = record_eval_overlap(out)
         overlap = result["eval_overlap"]
-        print(f"evaluation prompts whose text appears among the written captions: {overlap['in_captions']} of "
-              f"{overlap['prompts']} ({overlap['unseen_in_captions']} of the {overlap['unseen_by_rule']} held-out ones)")
+        print(f"evaluation prompts whose text appears among the written captions: {overlap['in_captions']} "
+              f"of {overlap['prompts']} ({overlap['unseen_in_captions']} of the {overlap['unseen_by_rule']} "
+              f"held-out ones)")
     if kind == "geneval":
         write_prompts(prompt_lines, Path(out) / "evaluation_metadata.jsonl")
     if kind == "dpg":

@@ -119,7 +119,8 @@ class GroundTruthGenerator:
         try:
             return [self.answers[(im.tobytes(), q)] for im, q in zip(images, questions)]
         except KeyError as err:
-            raise ValueError("ground truth has no answer for a question: build it with the suite's SuiteConfig") from err
+            raise ValueError("ground truth has no answer for a question: build it with the suite's "
+                             "SuiteConfig") from err
 
 
 def make_baseline(name: str, cfg: SuiteConfig, **options: float) -> RandomScenesGenerator | GroundTruthGenerator:

@@ -93,7 +93,8 @@ def test_colour_needs_count_objects_in_colour():
 def test_tied_scores_the_later_listed_detection_wins_as_in_the_official_code():
     """GenEval orders a class's detections by np.argsort(scores)[::-1]: of two tied detections the
     later-listed comes first, so the red car below is the top-1 car and the image is correct."""
-    meta = {"tag": "colors", "include": [{"class": "car", "count": 1, "color": "red"}], "prompt": "a photo of a red car"}
+    meta = {"tag": "colors", "include": [{"class": "car", "count": 1, "color": "red"}],
+            "prompt": "a photo of a red car"}
     assert judge(meta, [det("car", 0.8, color="blue"), det("car", 0.8, color="red")])[0] is True
     ok, reason, _ = judge(meta, [det("car", 0.8, color="red"), det("car", 0.8, color="blue")])
     assert not ok and reason == "expected red car>=1, found 0 red; and 1 blue"
@@ -163,8 +164,10 @@ def test_ordering_matches_a_transcription_of_the_official_code_on_random_cases()
         ours, official = filter_detections(dets, tag), _official_filter(dets, tag, classes)
         assert {k: [id(d) for d in v] for k, v in ours.items()} == {k: [id(d) for d in v] for k, v in official.items()}
         a, b = rng.choice(classes, size=2, replace=False)
-        meta = {"tag": tag, "include": [{"class": str(a), "count": int(rng.integers(1, 3)), "color": str(rng.choice(colors))},
-                                        {"class": str(b), "count": 1, "position": [str(rng.choice(["left of", "above"])), 0]}]}
+        relation = str(rng.choice(["left of", "above"]))
+        meta = {"tag": tag, "include": [
+            {"class": str(a), "count": int(rng.integers(1, 3)), "color": str(rng.choice(colors))},
+            {"class": str(b), "count": 1, "position": [relation, 0]}]}
         from evaluation.detectors import DetectionColor
         from evaluation.geneval_rules import check_clauses
 

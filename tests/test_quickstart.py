@@ -18,8 +18,8 @@ def test_quickstart_toy_end_to_end_and_resume(tmp_path):
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     stages = [row["stage"] for row in json.loads((out / "quickstart.json").read_text())]
     assert stages == ["world", "preview", "geneval_ground_truth", "tokenizer_stage1", "tokenizer_stage2",
-                      "tokenizer_stage3", "tokenizer_val128", "pretokenize", "ar_fit", "validate", "validate_untrained", "baselines",
-                      "report"]
+                      "tokenizer_stage3", "tokenizer_val128", "pretokenize", "ar_fit", "validate", "validate_untrained",
+                      "baselines", "report"]
     log = {row["stage"]: row for row in json.loads((out / "quickstart.json").read_text())}
     assert log["geneval_ground_truth"]["overall"] >= 0.97
     assert log["tokenizer_val128"]["val/agreement_orig"] >= 0.97  # 128 px held-out scenes, oracle-readable

@@ -437,9 +437,10 @@ def test_split_of_the_evaluation_prompts_per_task():
 
     metas = load_prompts(DEFAULT_PROMPTS_PATH)
     assert len(metas) == 553
-    assert split_counts(metas) == {"single_object": {"seen": 80, "unseen": 0}, "two_object": {"seen": 81, "unseen": 18},
-                                   "counting": {"seen": 63, "unseen": 17}, "colors": {"seen": 75, "unseen": 19},
-                                   "position": {"seen": 80, "unseen": 20}, "color_attr": {"seen": 49, "unseen": 51}}
+    assert split_counts(metas) == {
+        "single_object": {"seen": 80, "unseen": 0}, "two_object": {"seen": 81, "unseen": 18},
+        "counting": {"seen": 63, "unseen": 17}, "colors": {"seen": 75, "unseen": 19},
+        "position": {"seen": 80, "unseen": 20}, "color_attr": {"seen": 49, "unseen": 51}}
     meta = {"tag": "color_attr", "include": [{"class": "circle", "count": 1, "color": "red"},
                                              {"class": "diamond", "count": 1, "color": "green"}], "prompt": "x"}
     assert held_out_reasons(meta) == ["item (red, circle)", "pair (circle, diamond)"]
