@@ -31,7 +31,8 @@ REGISTERED_CLASS_MODULES = (
     "modules.tokenizer", "modules.ar.module",
     "callbacks.scale_dropping", "callbacks.curriculum", "callbacks.evaluation",
 )
-PROJECT_COMMANDS = ("world", "pretokenize", "generate", "evaluate", "bench", "report", "rescore", "sweep", "quickstart")
+PROJECT_COMMANDS = ("world", "pretokenize", "generate", "evaluate", "bench", "baselines", "report", "rescore", "sweep",
+                    "quickstart")
 
 
 def _available_project_commands() -> dict[str, str]:

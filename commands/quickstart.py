@@ -131,15 +131,16 @@ def stage_world(sizes: Sizes) -> Callable[[Path], dict[str, Any]]:
         big = {**common, "min_object_px": 32}
         world(kind="scenes", out=str(stage_dir / "train"), num_samples=sizes.train_scenes, width=64, height=64,
               aspect_ratios=[0.5, 1.0, 2.0], seed=0, **common)
-        world(kind="scenes", out=str(stage_dir / "train_ar"), num_samples=sizes.train_scenes, width=64, height=64,
-              aspect_ratios=[0.5, 1.0, 2.0], seed=1, prompt_mix=0.5, **common)
+        train_ar = world(kind="scenes", out=str(stage_dir / "train_ar"), num_samples=sizes.train_scenes, width=64,
+                         height=64, aspect_ratios=[0.5, 1.0, 2.0], seed=1, prompt_mix=0.5, **common)
         world(kind="scenes", out=str(stage_dir / "val"), num_samples=sizes.val_scenes, width=64, height=64,
               seed=777, **common)
         world(kind="scenes", out=str(stage_dir / "train128"), num_samples=sizes.train128_scenes, width=128,
               height=128, seed=2, **big)
         world(kind="scenes", out=str(stage_dir / "val128"), num_samples=sizes.val_scenes, width=128, height=128,
               seed=777, **big)
-        return {name: str(stage_dir / name) for name in ("train", "train_ar", "val", "train128", "val128")}
+        return {**{name: str(stage_dir / name) for name in ("train", "train_ar", "val", "train128", "val128")},
+                "eval_overlap": train_ar["eval_overlap"]}  # evaluation prompts among the AR captions
 
     return body
 
@@ -279,7 +280,8 @@ def stage_validate(sizes: Sizes, data: dict, tokenizer_ckpt: str, ar_ckpt: str |
 
     def body(stage_dir: Path) -> dict[str, Any]:
         bench = {"class_path": "callbacks.evaluation.BenchmarkCallback",
-                 "init_args": {"validate_suite": sizes.suite, "out_dir": str(stage_dir),
+                 "init_args": {"validate_suite": {**sizes.suite, "train_captions": [data["64"], data["128"]]},
+                               "out_dir": str(stage_dir),
                                "sampling": {"top_k": 8, "guidance": 2.0, "seed": 0}}}
         overlay = _ar_overlay(sizes, data, tokenizer_ckpt, stage_dir, [bench])
         args = ["validate", "--config", str(EXPERIMENTS / "ar_shapes_t2i.yaml"),
@@ -289,6 +291,19 @@ def stage_validate(sizes: Sizes, data: dict, tokenizer_ckpt: str, ar_ckpt: str |
         from evaluation.suite import headline
 
         return {"run_dir": str(stage_dir / "benchmarks" / "validate"), **headline(metrics)}
+
+    return body
+
+
+def stage_baselines(sizes: Sizes, data: dict) -> Callable[[Path], dict[str, Any]]:
+    """The suite, with the trained model's settings, on the random-scenes floor and the ground-truth
+    ceiling (evaluation/baselines.py): <stage_dir>/{random_scenes,ground_truth}/metrics.json."""
+
+    def body(stage_dir: Path) -> dict[str, Any]:
+        from commands.baselines import run as baselines
+
+        scores = baselines(out=str(stage_dir), suite=sizes.suite, train_captions=[data["64"], data["128"]])
+        return {name: {"run_dir": str(stage_dir / name), **s} for name, s in scores.items()}
 
     return body
 
@@ -345,6 +360,7 @@ def run(out: str = "runs/quickstart", size: str = "default") -> dict[str, Any]:
     ar = run_stage("ar_fit", out_dir, stage_ar_fit(sizes, data, previous), log)
     trained = run_stage("validate", out_dir, stage_validate(sizes, data, previous, ar["checkpoint"]), log)
     untrained = run_stage("validate_untrained", out_dir, stage_validate(sizes, data, previous, None), log)
+    baselines = run_stage("baselines", out_dir, stage_baselines(sizes, data), log)
     report = run_stage("report", out_dir, stage_report(trained, untrained), log)
     (out_dir / "quickstart.json").write_text(json.dumps(log, indent=1))
 
@@ -352,6 +368,9 @@ def run(out: str = "runs/quickstart", size: str = "default") -> dict[str, Any]:
     table.add_column("what")
     table.add_column("where / score")
     table.add_row("Shapes shards (train / val)", f"{world['train']}\n{world['val']}")
+    if "eval_overlap" in world:
+        table.add_row("evaluation prompts in the AR captions", "{in_captions} of {prompts} ({unseen_by_rule} held "
+                      "out, {unseen_in_captions} of them in captions)".format(**world["eval_overlap"]))
     table.add_row("preview grid", preview["preview"])
     table.add_row("GenEval of the world's own renders (oracle)", f"{geneval_gt['overall']:.3f}")
     for k, stage in enumerate(tokenizer_stages, 1):
@@ -367,6 +386,11 @@ def run(out: str = "runs/quickstart", size: str = "default") -> dict[str, Any]:
     for key in ("geneval/overall", "dpg/score", "editcanvas/overall", "understanding/overall"):
         if key in trained:
             table.add_row(f"{key}: trained vs untrained", f"{trained[key]:.3f} vs {untrained.get(key, float('nan')):.3f}")
+    for key in ("geneval/overall", "geneval/seen/overall", "geneval/unseen/overall", "geneval/held_out/overall"):
+        if key in trained:
+            runs = (trained, baselines["random_scenes"], baselines["ground_truth"])
+            table.add_row(f"{key}: trained / random scenes / ground truth",
+                          " / ".join(f"{r.get(key, float('nan')):.3f}" for r in runs))
     table.add_row("report", report["report"])
     Console().print(table)
     return {"stages": log, "report": report["report"]}

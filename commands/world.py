@@ -15,6 +15,8 @@ from shapes.palette import BACKGROUND_KINDS, COLOR_NAMES, SHAPES
 from shapes.prompts import DEFAULT_PROMPTS_PATH, geneval_prompts, load_prompts, scene_for_prompt, write_prompts
 from shapes.render import render
 from shapes.scene import MAX_ASPECT, MIN_ASPECT, MIN_CANVAS_SIDE, MIN_OBJECT_PX, Scene, sample_scene
+from shapes.split import (HELD_OUT_ITEMS, group_allowed, resample, sample_training_scene, split_of,
+                          training_scene_for_prompt)
 from shapes.video import make_video
 
 Kind = Literal["scenes", "geneval", "dpg", "edits", "subject", "videos"]
@@ -82,6 +84,7 @@ def run(
     edit_kinds: list[str] | None = None,
     num_frames: int = 8,
     prompt_mix: float = 0.0,
+    holdout: bool = True,
 ) -> dict[str, Any]:
     """Write Shapes-world data as webdataset shards: scenes, GenEval/DPG renders, edits, subject pairs, videos.
 
@@ -115,9 +118,14 @@ def run(
         num_frames: frames per video for kind=videos.
         prompt_mix: kind=scenes only: the fraction of samples that realise a GenEval-template
             prompt (single/two objects, counting, colours, position, colour attribute) drawn from
-            a prompt set of seed `seed + 1` (not the evaluation set's seed 0), captioned with that
-            prompt. Template scenes are simple (1-4 objects), so a small text-to-image model
-            learns composition faster from them than from crowded scenes alone.
+            a prompt set of seed `seed + 1`, captioned with that prompt; only prompts on the
+            training side of the split (shapes/split.py) are used. Template scenes are simple
+            (1-4 objects), so a small text-to-image model learns composition faster from them
+            than from crowded scenes alone.
+        holdout: training kinds (scenes, edits, subject, videos) show none of the held-out
+            combinations of shapes/split.py (default); false writes the unsplit world. The
+            evaluation kinds (geneval, dpg) are never split. For kind=scenes the shard index
+            records how many evaluation prompts' texts appear among the written captions.
     """
     if num_samples < 0:
         raise UsageError(f"--num_samples must be >= 0, got {num_samples}")
@@ -143,7 +151,19 @@ def run(
         raise UsageError(f"--prompt_mix must be in [0, 1], got {prompt_mix}")
     if prompt_mix and kind != "scenes":
         raise UsageError(f"--prompt_mix applies to kind=scenes only, got kind={kind!r}")
+    if holdout and kind in ("scenes", "edits", "subject", "videos") and \
+            all((c, s) in HELD_OUT_ITEMS for c in color_set for s in shape_set):
+        raise UsageError(f"every (colour, shape) of --colors {list(color_set)} x --shapes {list(shape_set)} is held "
+                         f"out of training (shapes/split.py); add colours/shapes or pass --holdout false")
     mix_lines = geneval_prompts(seed + 1, shape_set, color_set) if prompt_mix else []
+    if holdout:
+        mix_lines = [m for m in mix_lines if split_of(m) == "seen"]
+    scene_sampler = sample_training_scene if holdout else sample_scene
+    mix_scene = training_scene_for_prompt if holdout else scene_for_prompt
+    split_kwargs = {"allowed_group": group_allowed} if holdout else {}
+
+    def split_resample(make: Callable[[], Any], scenes_of: Callable[[Any], list[Scene]], what: str) -> Any:
+        return resample(make, scenes_of, what=what) if holdout else make()
     prompt_lines: list[dict] = []
     if kind == "geneval":
         if prompts is not None:
@@ -169,9 +189,10 @@ def run(
                 "json": {"kind": kind, "width": w, "height": h, "scene": scene.to_dict(),
                          "captions": texts, "caption": caption}}
 
-    def prompt_sample(meta: dict, rng: np.random.Generator, w: int, h: int, **layout: Any) -> dict[str, Any]:
+    def prompt_sample(meta: dict, rng: np.random.Generator, w: int, h: int, scene_maker: Callable = scene_for_prompt,
+                      **layout: Any) -> dict[str, Any]:
         """A scene realising a GenEval-format prompt line, captioned with the prompt."""
-        sample = scene_fields(scene_for_prompt(meta, rng, w, h, **layout), rng, w, h)
+        sample = scene_fields(scene_maker(meta, rng, w, h, **layout), rng, w, h)
         sample["json"].update(prompt=meta["prompt"], caption=meta["prompt"], geneval=meta)
         return sample
 
@@ -179,8 +200,9 @@ def run(
         rng = np.random.default_rng([seed, i])
         w, h = canvas(rng)
         if mix_lines and rng.random() < prompt_mix:
-            return prompt_sample(mix_lines[int(rng.integers(len(mix_lines)))], rng, w, h, min_object_px=min_object_px)
-        return scene_fields(sample_scene(rng, w, h, **scene_kwargs), rng, w, h)
+            return prompt_sample(mix_lines[int(rng.integers(len(mix_lines)))], rng, w, h, mix_scene,
+                                 min_object_px=min_object_px)
+        return scene_fields(scene_sampler(rng, w, h, **scene_kwargs), rng, w, h)
 
     def make_geneval(i: int) -> dict[str, Any]:
         rng = np.random.default_rng([seed, i])
@@ -205,7 +227,8 @@ def run(
     def make_edit_sample(i: int) -> dict[str, Any]:
         rng = np.random.default_rng([seed, i])
         w, h = canvas(rng)
-        pair = sample_edit(rng, w, h, kinds=edit_set, **scene_kwargs)
+        pair = split_resample(lambda: sample_edit(rng, w, h, kinds=edit_set, **scene_kwargs, **split_kwargs),
+                              lambda p: [p.source, p.target], "edit pair")
         return {"src.png": render(pair.source, w, h).image, "tgt.png": render(pair.target, w, h).image,
                 "json": {"kind": kind, "width": w, "height": h, **pair.to_dict(),
                          "source_captions": captions(pair.source, rng, w, h),
@@ -214,14 +237,15 @@ def run(
     def make_subject(i: int) -> dict[str, Any]:
         rng = np.random.default_rng([seed, i])
         w, h = canvas(rng)
-        pair = sample_subject_pair(rng, w, h, **scene_kwargs)
+        pair = split_resample(lambda: sample_subject_pair(rng, w, h, **scene_kwargs, **split_kwargs),
+                              lambda p: [p.source, p.target], "subject pair")
         return {"src.png": render(pair.source, w, h).image, "tgt.png": render(pair.target, w, h).image,
                 "json": {"kind": kind, "width": w, "height": h, **pair.to_dict()}}
 
     def make_video_sample(i: int) -> dict[str, Any]:
         rng = np.random.default_rng([seed, i])
         w, h = canvas(rng)
-        video = make_video(rng, num_frames, w, h)
+        video = split_resample(lambda: make_video(rng, num_frames, w, h), lambda v: list(v.frames), "video")
         sample: dict[str, Any] = {f"f{t:03d}.png": render(f, w, h).image for t, f in enumerate(video.frames)}
         sample["json"] = {"kind": kind, "width": w, "height": h, "num_frames": num_frames, **video.to_dict()}
         return sample
@@ -237,7 +261,14 @@ def run(
                          description=f"world {kind}", metadata={"kind": kind, "seed": seed, "width": width,
                                                                 "height": height, "aspect_ratios": aspect_ratios,
                                                                 "min_object_px": min_object_px,
-                                                                "prompt_mix": prompt_mix})
+                                                                "prompt_mix": prompt_mix, "holdout": holdout})
+    result: dict[str, Any] = {}
+    if kind == "scenes":
+        result["eval_overlap"] = record_eval_overlap(out)
+        overlap = result["eval_overlap"]
+        print(f"evaluation prompts whose text appears among the written captions: {overlap['in_captions']} "
+              f"of {overlap['prompts']} ({overlap['unseen_in_captions']} of the {overlap['unseen_by_rule']} "
+              f"held-out ones)")
     if kind == "geneval":
         write_prompts(prompt_lines, Path(out) / "evaluation_metadata.jsonl")
     if kind == "dpg":
@@ -248,7 +279,22 @@ def run(
         write_dpg_csv(items, Path(out) / "dpg_questions.csv")
     print(stats.summary())
     return {"out": str(out), "kind": kind, "samples_written": stats.samples_written,
-            "shards_written": stats.shards_written, "shards_skipped": stats.shards_skipped}
+            "shards_written": stats.shards_written, "shards_skipped": stats.shards_skipped, **result}
+
+
+def record_eval_overlap(shard_dir: str | Path, prompts: str | Path = DEFAULT_PROMPTS_PATH) -> dict[str, Any]:
+    """How many evaluation prompt lines' texts appear word for word among a shard directory's
+    caption texts; recorded under metadata.eval_overlap of its index.json and returned."""
+    import json
+
+    from evaluation.geneval import caption_texts, prompt_overlap
+
+    overlap = prompt_overlap(load_prompts(prompts), caption_texts([shard_dir]))
+    index_path = Path(shard_dir) / "index.json"
+    index = json.loads(index_path.read_text())
+    index.setdefault("metadata", {})["eval_overlap"] = overlap
+    index_path.write_text(json.dumps(index, indent=1, sort_keys=True))
+    return overlap
 
 
 def write_caption_grid(shard_dir: str | Path, out_png: str | Path, num: int = 16) -> Path:

@@ -8,6 +8,10 @@ Writes <dir>/results.jsonl with the official per-image fields (filename, tag, pr
 reason, metadata, details) and <dir>/summary.json; the summary follows summary_scores.py: per
 task = mean per-image correctness, overall = unweighted mean over tasks.
 The rules themselves live in evaluation/geneval_rules.py (re-exported here).
+
+Seen / unseen (shapes/split.py): `split_summaries` scores the prompts whose text appears among the
+training captions ("seen") and the others ("unseen") separately; without training captions the
+world's split rule decides (held-out combinations are unseen).
 """
 from __future__ import annotations
 
@@ -29,7 +33,8 @@ from evaluation.geneval_rules import (COUNTING_THRESHOLD, MAX_OBJECTS, POSITION_
 __all__ = ["COUNTING_THRESHOLD", "MAX_OBJECTS", "POSITION_THRESHOLD", "TASKS", "THRESHOLD",
            "GenEvalResults", "check_clauses", "evaluate_image", "filter_detections", "geneval_reward",
            "load_image", "load_metadata", "read_geneval_layout", "relative_position",
-           "render_ground_truth_layout", "score_geneval", "summarize", "write_geneval_layout"]
+           "render_ground_truth_layout", "score_geneval", "summarize", "write_geneval_layout",
+           "caption_texts", "prompt_overlap", "split_summaries"]
 
 IMAGE_NAME = re.compile(r"\d+\.png")   # evaluate_images.py main: re.match(r"\d+\.png", name)
 
@@ -40,6 +45,45 @@ def load_metadata(path: str | Path) -> list[dict]:
     if not path.is_file():
         raise FileNotFoundError(f"GenEval metadata not found at {path}")
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+CAPTION_FIELDS = ("caption", "prompt", "text")   # raw shards: caption/prompt (+ captions{}); pretokenised: text
+
+
+def caption_texts(shard_dirs: Sequence[str | Path]) -> set[str]:
+    """Every caption text of the samples in webdataset shard directories (raw world shards:
+    caption, prompt, captions.short/dense; pretokenised shards: text). Reads only the .json
+    members of the .tar shards."""
+    import tarfile
+
+    texts: set[str] = set()
+    for directory in shard_dirs:
+        tars = sorted(Path(directory).glob("*.tar"))
+        if not tars:
+            raise FileNotFoundError(f"no .tar shards in {directory}: pass shard directories written by "
+                                    f"`main.py world` or `main.py pretokenize`")
+        for path in tars:
+            with tarfile.open(path) as tar:
+                for member in tar:
+                    if not member.name.endswith(".json"):
+                        continue
+                    meta = json.loads(tar.extractfile(member).read())
+                    texts.update(str(meta[k]) for k in CAPTION_FIELDS if meta.get(k))
+                    if isinstance(meta.get("captions"), dict):
+                        texts.update(str(v) for v in meta["captions"].values() if v)
+    return texts
+
+
+def prompt_overlap(metadata_list: Sequence[dict], texts: set[str]) -> dict[str, int]:
+    """How many prompt lines (and distinct prompt texts) appear word for word in `texts`, overall
+    and among the lines the world's split holds out."""
+    from shapes.split import split_of
+
+    unseen = [m for m in metadata_list if split_of(m) == "unseen"]
+    distinct = {m["prompt"] for m in metadata_list}
+    return {"prompts": len(metadata_list), "in_captions": sum(m["prompt"] in texts for m in metadata_list),
+            "distinct_texts": len(distinct), "distinct_in_captions": len(distinct & texts),
+            "unseen_by_rule": len(unseen), "unseen_in_captions": sum(m["prompt"] in texts for m in unseen)}
 
 
 def spread_subset(metadata_list: Sequence[dict], limit: int | None) -> list[dict]:
@@ -150,6 +194,34 @@ def summarize(records: Sequence[dict]) -> GenEvalResults:
         image_accuracy=float(np.mean([r["correct"] for r in records])) if records else 0.0,
         prompt_accuracy=float(np.mean([any(v) for v in by_prompt.values()])) if by_prompt else 0.0,
         num_prompts=len(by_prompt))
+
+
+def split_summaries(records: Sequence[dict], seen_texts: set[str] | None = None) -> dict[str, Any]:
+    """GenEval summaries of the seen and the unseen prompts' images (summarize() on each part),
+    and of the held-out ones (the prompts stating a combination shapes/split.py keeps out of
+    training: unseen by construction, whatever the captions).
+
+    seen_texts: the training captions (caption_texts); a prompt is seen if its text is among them
+    (so "unseen" also holds allowed prompts the training data happened not to caption). None: the
+    split rule decides (unseen == held_out). A part without images has overall None."""
+    from shapes.split import split_of
+
+    def seen(record: dict) -> bool:
+        meta = json.loads(record["metadata"])
+        return meta["prompt"] in seen_texts if seen_texts is not None else split_of(meta) == "seen"
+
+    def held_out(record: dict) -> bool:
+        return split_of(json.loads(record["metadata"])) == "unseen"
+
+    out: dict[str, Any] = {"source": "captions" if seen_texts is not None else "rule"}
+    parts = {"seen": lambda r: seen(r), "unseen": lambda r: not seen(r), "held_out": held_out}
+    for part, wanted in parts.items():
+        chosen = [r for r in records if wanted(r)]
+        summary = summarize(chosen).summary()
+        if not chosen:
+            summary["overall"] = None
+        out[part] = summary
+    return out
 
 
 def score_geneval(images_dir: str | Path, detector: Any = None, color_classifier: Any = None,

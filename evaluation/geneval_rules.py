@@ -28,14 +28,28 @@ TASKS = ("single_object", "two_object", "counting", "colors", "position", "color
 def filter_detections(detections: Iterable[dict], tag: str, threshold: float = THRESHOLD,
                       counting_threshold: float = COUNTING_THRESHOLD,
                       max_objects: int = MAX_OBJECTS) -> dict[str, list[dict]]:
-    """class -> its detections, best first. GenEval evaluate_image: keep score > threshold (0.9 for
-    the counting tag), at most max_objects per class, no NMS (max_overlap 1.0 disables it)."""
+    """class -> its detections, best first. GenEval evaluate_image: per class, order the raw
+    detections by `np.argsort(scores)[::-1]`, keep score > threshold (0.9 for the counting tag), at
+    most max_objects, no NMS (max_overlap 1.0 disables it).
+
+    Tie order (it decides colour and position verdicts when two detections of one class score
+    the same, as the oracle's often do): numpy's default argsort is an introsort that
+    insertion-sorts runs of up to 16 elements, i.e. it is stable on the <= 16 raw detections of a
+    class, so after the reversal the *later*-listed of two tied detections comes first. This
+    function applies that rule at every length (beyond 16, numpy's partitioning makes the
+    official order of ties depend on the numpy build; "later first" is fixed here)."""
     limit = counting_threshold if tag == "counting" else threshold
     by_class: dict[str, list[dict]] = {}
-    for det in sorted(detections, key=lambda d: -float(d["score"])):   # stable: ties keep order
-        if float(det["score"]) > limit:
-            by_class.setdefault(det["class"], []).append(det)
-    return {name: dets[:max_objects] for name, dets in by_class.items()}
+    for det in detections:
+        by_class.setdefault(det["class"], []).append(det)
+    kept: dict[str, list[dict]] = {}
+    for name, dets in by_class.items():
+        # descending by (score, position in the detector's list): argsort(scores)[::-1] with ties reversed
+        order = sorted(range(len(dets)), key=lambda i: (float(dets[i]["score"]), i), reverse=True)
+        best = [dets[i] for i in order if float(dets[i]["score"]) > limit][:max_objects]
+        if best:
+            kept[name] = best
+    return kept
 
 
 def relative_position(box_a: Sequence[float], box_b: Sequence[float],

@@ -12,9 +12,16 @@ Layout written (what `main.py report` reads, evaluation/reporting.py):
     out_dir/editcanvas/<id>/{sample.json, source.png, target.png, result.png}; editcanvas_results.json
     out_dir/understanding.json
     out_dir/metrics.json          {"geneval": summary, "dpg": ..., "editcanvas": ..., "understanding": ...}
+
+metrics.json's "geneval" also holds "seen" and "unseen": the same summary (overall, tasks,
+task_counts, images, prompts) over the prompts whose text appears among the training captions
+(SuiteConfig.train_captions) and over the others; "split" says which decided: "captions", or
+"rule" (the world's held-out combinations, shapes/split.py) when no training shards are given.
+"held_out" is the summary over the prompts the rule holds out (a subset of "unseen").
 """
 from __future__ import annotations
 
+import functools
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -35,7 +42,9 @@ class SuiteConfig:
     """Sizes of each benchmark (a benchmark with 0 items is skipped).
 
     geneval_prompts: GenEval-format jsonl (default: the world's 553 prompts); geneval_limit takes
-    every k-th prompt so that a subset keeps the six tags' proportions."""
+    every k-th prompt so that a subset keeps the six tags' proportions. train_captions: shard
+    directories the model trained on (raw or pretokenised); a GenEval prompt is "seen" if its text
+    is among their captions (None: the world's split rule decides)."""
 
     geneval_prompts: str | None = None
     geneval_limit: int | None = None
@@ -46,6 +55,24 @@ class SuiteConfig:
     width: int = 64
     height: int = 64
     seed: int = 0
+    train_captions: list[str] | None = None
+
+
+@functools.lru_cache(maxsize=4)
+def _caption_texts(shard_dirs: tuple[str, ...]) -> frozenset[str]:
+    """Training captions, read once per process (the periodic suite asks at every run)."""
+    from evaluation.geneval import caption_texts
+
+    return frozenset(caption_texts(shard_dirs))
+
+
+def geneval_split(records: list[dict], cfg: SuiteConfig) -> dict[str, Any]:
+    """{"seen": summary, "unseen": summary, "split": "captions" | "rule"} for metrics.json."""
+    from evaluation.geneval import split_summaries
+
+    texts = set(_caption_texts(tuple(str(d) for d in cfg.train_captions))) if cfg.train_captions else None
+    parts = split_summaries(records, texts)
+    return {"seen": parts["seen"], "unseen": parts["unseen"], "held_out": parts["held_out"], "split": parts["source"]}
 
 
 def run_geneval(gen: Generator, out: Path, cfg: SuiteConfig) -> dict:
@@ -58,7 +85,8 @@ def run_geneval(gen: Generator, out: Path, cfg: SuiteConfig) -> dict:
         images.append(gen.text_to_image([meta["prompt"]] * cfg.images_per_prompt, cfg.height, cfg.width,
                                         seed=cfg.seed + i))
     write_geneval_layout(out, metas, images)
-    return score_geneval(out, verbose=False).summary()
+    results = score_geneval(out, verbose=False)
+    return {**results.summary(), **geneval_split(results.records, cfg)}
 
 
 def run_dpg(gen: Generator, out: Path, cfg: SuiteConfig) -> dict:
@@ -152,7 +180,10 @@ def rescore_suite(out_dir: str | Path) -> dict[str, Any]:
     # the scores as first written, kept across repeated rescoring
     previous = metrics.get("previous") or {k: metrics[k] for k in ("geneval", "dpg", "editcanvas") if k in metrics}
     if "geneval" in metrics:
-        metrics["geneval"] = {**score_geneval(out_dir / "geneval", verbose=False).summary(),
+        results = score_geneval(out_dir / "geneval", verbose=False)
+        known = set(SuiteConfig.__dataclass_fields__)
+        cfg = SuiteConfig(**{k: v for k, v in metrics.get("suite", {}).items() if k in known})
+        metrics["geneval"] = {**results.summary(), **geneval_split(results.records, cfg),
                               "seconds": metrics["geneval"].get("seconds")}
     if "dpg" in metrics:  # the official layout: each prompt's 4 images as one 2x2 grid + the question CSV
         prompts = load_dpg_csv(out_dir / "dpg" / "dpg_questions.csv")
@@ -177,6 +208,12 @@ def headline(metrics: dict[str, Any]) -> dict[str, float]:
         out["geneval/overall"] = float(metrics["geneval"]["overall"])
         for task, score in metrics["geneval"].get("tasks", {}).items():
             out[f"geneval/{task}"] = float(score)
+        for part in ("seen", "unseen", "held_out"):
+            summary = metrics["geneval"].get(part) or {}
+            if summary.get("overall") is not None:
+                out[f"geneval/{part}/overall"] = float(summary["overall"])
+                for task, score in summary.get("tasks", {}).items() if part != "held_out" else ():
+                    out[f"geneval/{part}/{task}"] = float(score)
     if "dpg" in metrics:
         out["dpg/score"] = float(metrics["dpg"]["dpg"])
     if "editcanvas" in metrics:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -202,13 +202,16 @@ def sample_scene(rng: np.random.Generator, width: int = 64, height: int = 64, *,
                  colors: Sequence[str] = COLOR_NAMES, shapes: Sequence[str] = SHAPES,
                  max_count: int = 6, max_groups: int = 3, max_objects: int = 8,
                  background_kinds: Sequence[str] = BACKGROUND_KINDS,
-                 min_object_px: float = MIN_OBJECT_PX) -> Scene:
+                 min_object_px: float = MIN_OBJECT_PX,
+                 allowed_group: Callable[[tuple[str, str], list[tuple[str, str]]], bool] | None = None) -> Scene:
     """A random scene: 1..max_groups (colour, shape) groups of 1..max_count objects each.
 
     At most max_count objects per shape class and max_objects in all; objects that do not fit
     are dropped (captions are made from the scene, so they stay true). Never empty.
     min_object_px: smallest bbox side (>= MIN_OBJECT_PX, at most half the shorter canvas side);
     larger values give fewer, bigger objects on crowded canvases.
+    allowed_group(group, chosen): whether a (colour, shape) group may join the groups chosen so
+    far (shapes/split.py keeps held-out combinations out this way); None: any group.
     """
     check_canvas(width, height)
     if max_count < 1:
@@ -218,11 +221,18 @@ def sample_scene(rng: np.random.Generator, width: int = 64, height: int = 64, *,
                          f"{width}x{height} canvas, got {min_object_px}")
     num_groups = int(rng.integers(1, max_groups + 1))
     pairs = [(c, s) for s in shapes for c in colors]
-    chosen = rng.choice(len(pairs), size=min(num_groups, len(pairs)), replace=False)
+    if allowed_group is None:
+        chosen = [pairs[i] for i in rng.choice(len(pairs), size=min(num_groups, len(pairs)), replace=False)]
+    else:   # one group at a time among those still allowed
+        chosen = []
+        for _ in range(num_groups):
+            options = [p for p in pairs if p not in chosen and allowed_group(p, chosen)]
+            if not options:
+                break
+            chosen.append(options[int(rng.integers(len(options)))])
     wanted: list[tuple[str, str]] = []
     per_class: dict[str, int] = {}
-    for index in chosen:
-        color, shape = pairs[index]
+    for color, shape in chosen:
         n = min(sample_counts(rng, max_count), max_count - per_class.get(shape, 0), max_objects - len(wanted))
         per_class[shape] = per_class.get(shape, 0) + max(n, 0)
         wanted += [(color, shape)] * max(n, 0)

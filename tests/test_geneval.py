@@ -89,6 +89,93 @@ def test_colour_needs_count_objects_in_colour():
     assert judge(meta, [det("car", 0.9, color="green"), det("car", 0.8, color="pink")])[0] is False
 
 
+# ----------------------------------------------------------------------------- tie order (official)
+def test_tied_scores_the_later_listed_detection_wins_as_in_the_official_code():
+    """GenEval orders a class's detections by np.argsort(scores)[::-1]: of two tied detections the
+    later-listed comes first, so the red car below is the top-1 car and the image is correct."""
+    meta = {"tag": "colors", "include": [{"class": "car", "count": 1, "color": "red"}],
+            "prompt": "a photo of a red car"}
+    assert judge(meta, [det("car", 0.8, color="blue"), det("car", 0.8, color="red")])[0] is True
+    ok, reason, _ = judge(meta, [det("car", 0.8, color="red"), det("car", 0.8, color="blue")])
+    assert not ok and reason == "expected red car>=1, found 0 red; and 1 blue"
+    kept = filter_detections([det("star", 1.0, color=c) for c in ("red", "green", "blue")], "position")["star"]
+    assert [d["color"] for d in kept] == ["blue", "green", "red"]
+
+
+def _numpy1_argsort(values):
+    """numpy 1.x `np.argsort(values)` (default kind, npysort/quicksort.cpp aquicksort_) for
+    len(values) <= 17: no partitioning step runs (`while (pr - pl) > SMALL_QUICKSORT`, 16), only its
+    insertion sort, transcribed here. (GenEval's environment predates numpy's SIMD argsort, whose
+    tie order differs.)"""
+    assert len(values) <= 17
+    order = list(range(len(values)))
+    for i in range(1, len(order)):
+        vi, j = order[i], i
+        while j > 0 and values[vi] < values[order[j - 1]]:
+            order[j] = order[j - 1]
+            j -= 1
+        order[j] = vi
+    return np.array(order, dtype=np.int64)
+
+
+def _official_filter(detections, tag, classnames):
+    """GenEval evaluate_images.py evaluate_image's detection loop, transcribed: mmdet's per-class
+    N x 5 float32 arrays in the detector's order, ordering, threshold, MAX_OBJECTS, NMS off."""
+    from evaluation.geneval import COUNTING_THRESHOLD, MAX_OBJECTS, THRESHOLD
+
+    nms_threshold = 1.0
+    confidence_threshold = THRESHOLD if tag != "counting" else COUNTING_THRESHOLD
+    detected = {}
+    for classname in classnames:
+        rows = [d for d in detections if d["class"] == classname]
+        bbox = np.array([[*d["bbox"], d["score"]] for d in rows], dtype=np.float32).reshape(-1, 5)
+        ordering = _numpy1_argsort(bbox[:, 4])[::-1]
+        ordering = ordering[bbox[ordering, 4] > confidence_threshold]
+        ordering = ordering[:MAX_OBJECTS].tolist()
+        detected[classname] = []
+        while ordering:
+            max_obj = ordering.pop(0)
+            detected[classname].append(rows[max_obj])
+            ordering = [obj for obj in ordering if nms_threshold == 1]
+        if not detected[classname]:
+            del detected[classname]
+    return detected
+
+
+def test_ordering_matches_a_transcription_of_the_official_code_on_random_cases():
+    """400 random cases, scores from a few values (ties everywhere, none near a threshold), up to 17
+    raw detections per class: the kept detections (and their order) and the verdict agree."""
+    from evaluation.geneval import TASKS
+
+    rng = np.random.default_rng(0)
+    classes, colors = ["car", "dog", "cup"], ["red", "blue", "green"]
+    scores = [0.2, 0.5, 0.8, 0.95, 1.0]
+    disagreements = 0
+    for case in range(400):
+        dets = []
+        for name in classes:
+            for _ in range(int(rng.integers(0, 18))):
+                x, y = (int(v) for v in rng.integers(0, 90, size=2))
+                dets.append(det(name, scores[int(rng.integers(len(scores)))], (x, y, x + 10, y + 10),
+                                colors[int(rng.integers(len(colors)))]))
+        order = rng.permutation(len(dets))
+        dets = [dets[i] for i in order]
+        tag = TASKS[case % len(TASKS)]
+        ours, official = filter_detections(dets, tag), _official_filter(dets, tag, classes)
+        assert {k: [id(d) for d in v] for k, v in ours.items()} == {k: [id(d) for d in v] for k, v in official.items()}
+        a, b = rng.choice(classes, size=2, replace=False)
+        relation = str(rng.choice(["left of", "above"]))
+        meta = {"tag": tag, "include": [
+            {"class": str(a), "count": int(rng.integers(1, 3)), "color": str(rng.choice(colors))},
+            {"class": str(b), "count": 1, "position": [relation, 0]}]}
+        from evaluation.detectors import DetectionColor
+        from evaluation.geneval_rules import check_clauses
+
+        disagreements += check_clauses(IMAGE, ours, meta, DetectionColor())[0] != \
+            check_clauses(IMAGE, official, meta, DetectionColor())[0]
+    assert disagreements == 0
+
+
 # ----------------------------------------------------------------------------- position
 def test_relative_position_margin_and_no_relation_cases():
     a, b = (0, 0, 10, 10), (30, 0, 40, 10)

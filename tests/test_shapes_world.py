@@ -417,3 +417,74 @@ def test_world_prompt_mix_realises_template_prompts(tmp_path):
         correct, reason, _ = evaluate_image(image, meta["geneval"])
         assert correct, (meta["prompt"], reason)
     assert all("geneval" not in m and m["caption"] in m["captions"].values() for m, _ in metas if "geneval" not in m)
+
+
+# ----------------------------------------------------------------------------- held-out split
+def test_split_rule_sizes_and_balance():
+    from shapes.split import HELD_OUT_COUNTS, HELD_OUT_ITEMS, HELD_OUT_SHAPE_PAIRS
+
+    assert len(HELD_OUT_SHAPE_PAIRS) == 3 and sorted(s for p in HELD_OUT_SHAPE_PAIRS for s in p) == sorted(SHAPES)
+    assert len(HELD_OUT_ITEMS) == 12
+    assert all(sum((c, s) in HELD_OUT_ITEMS for c in COLOR_NAMES) == 2 for s in SHAPES)
+    assert ("red", "circle") in HELD_OUT_ITEMS and ("blue", "circle") not in HELD_OUT_ITEMS
+    assert {n for _s, n in HELD_OUT_COUNTS} == {2, 3, 4} and len(HELD_OUT_COUNTS) == 4
+
+
+def test_split_of_the_evaluation_prompts_per_task():
+    """The 553 evaluation prompts keep their text; the rule makes 125 unseen, >= 10 in every task
+    whose template allows one (single objects cannot be held out)."""
+    from shapes.split import held_out_reasons, split_counts, split_of
+
+    metas = load_prompts(DEFAULT_PROMPTS_PATH)
+    assert len(metas) == 553
+    assert split_counts(metas) == {
+        "single_object": {"seen": 80, "unseen": 0}, "two_object": {"seen": 81, "unseen": 18},
+        "counting": {"seen": 63, "unseen": 17}, "colors": {"seen": 75, "unseen": 19},
+        "position": {"seen": 80, "unseen": 20}, "color_attr": {"seen": 49, "unseen": 51}}
+    meta = {"tag": "color_attr", "include": [{"class": "circle", "count": 1, "color": "red"},
+                                             {"class": "diamond", "count": 1, "color": "green"}], "prompt": "x"}
+    assert held_out_reasons(meta) == ["item (red, circle)", "pair (circle, diamond)"]
+    assert split_of({"tag": "counting", "include": [{"class": "star", "count": 2}], "prompt": "y"}) == "unseen"
+    assert split_of({"tag": "counting", "include": [{"class": "star", "count": 3}], "prompt": "z"}) == "seen"
+
+
+def test_training_scenes_show_no_held_out_combination():
+    from shapes.split import sample_training_scene, scene_held_out, training_scene_for_prompt
+
+    rng = np.random.default_rng(0)
+    plain = [sample_scene(rng, 64, 64) for _ in range(60)]
+    assert sum(bool(scene_held_out(s)) for s in plain) >= 10        # the rule bites on the unsplit world
+    split = [sample_training_scene(rng, 64, 64) for _ in range(60)]
+    assert not any(scene_held_out(s) for s in split)
+    assert max(len(s.counts()) for s in split) == 3                 # multi-group scenes survive
+    two = Scene((ShapeObject("star", "green", 0.2, 0.5, 0.2), ShapeObject("star", "green", 0.7, 0.5, 0.2)))
+    assert scene_held_out(two) == ["count (star, 2)", "count (star, 2)"]
+    unseen = {"tag": "colors", "include": [{"class": "circle", "count": 1, "color": "red"}],
+              "prompt": "a photo of a red circle"}
+    with pytest.raises(ValueError, match="held-out"):
+        training_scene_for_prompt(unseen, rng)
+
+
+def test_world_training_writers_hold_out_and_record_the_overlap(tmp_path):
+    """kind=scenes (random and prompt-mix scenes) and edit pairs show no held-out combination and no
+    held-out evaluation prompt's text; the index records the overlap; --holdout false writes the
+    unsplit world (where the rule does bite)."""
+    from commands.world import run
+    from shapes.split import scene_held_out, split_of
+
+    metas = load_prompts(DEFAULT_PROMPTS_PATH)
+    unseen_texts = {m["prompt"] for m in metas if split_of(m) == "unseen"}
+    result = run(kind="scenes", out=str(tmp_path / "s"), num_samples=60, samples_per_shard=60, seed=1, prompt_mix=0.5)
+    samples = [json.loads(s["json"]) for s in _read_tar(tmp_path / "s" / "shard-000000.tar").values()]
+    assert not any(scene_held_out(Scene.from_dict(m["scene"])) for m in samples)
+    texts = {t for m in samples for t in [m["caption"], *m["captions"].values()]}
+    assert not texts & unseen_texts
+    overlap = json.loads((tmp_path / "s" / "index.json").read_text())["metadata"]["eval_overlap"]
+    assert overlap == result["eval_overlap"] and overlap["unseen_in_captions"] == 0 and overlap["prompts"] == 553
+    assert overlap["in_captions"] == sum(m["prompt"] in texts for m in metas) > 0
+    run(kind="edits", out=str(tmp_path / "e"), num_samples=12, samples_per_shard=12, seed=1)
+    for m in (json.loads(s["json"]) for s in _read_tar(tmp_path / "e" / "shard-000000.tar").values()):
+        assert not scene_held_out(Scene.from_dict(m["source"])) and not scene_held_out(Scene.from_dict(m["target"]))
+    run(kind="scenes", out=str(tmp_path / "u"), num_samples=60, samples_per_shard=60, seed=1, holdout=False)
+    plain = [json.loads(s["json"]) for s in _read_tar(tmp_path / "u" / "shard-000000.tar").values()]
+    assert any(scene_held_out(Scene.from_dict(m["scene"])) for m in plain)

@@ -1,6 +1,7 @@
-"""The benchmark suite end to end with two generators that need no training: one that draws the
-world's ground truth for every prompt (scores must be near perfect) and one that draws empty
-backgrounds (scores must be near zero). Also: the layout it writes is what `report` reads."""
+"""The benchmark suite end to end with generators that need no training: the world's ground truth
+for every prompt (evaluation/baselines.py; scores must be near perfect), empty backgrounds (near
+zero) and random training scenes (the prompt-agnostic floor). Also: the layout it writes is what
+`report` reads, and GenEval is reported on seen and unseen prompts."""
 import json
 
 import numpy as np
@@ -13,38 +14,12 @@ from shapes.render import render
 from shapes.scene import Scene
 from evaluation.editcanvas import sample_images, shapes_editcanvas_set
 from evaluation.geneval import load_metadata
+from evaluation.baselines import GroundTruthGenerator
 from evaluation.suite import SuiteConfig, headline, run_suite
 from evaluation.understanding import understanding_items
 
 CFG = SuiteConfig(geneval_limit=12, images_per_prompt=1, dpg_prompts=3, editcanvas_per_task=1,
                   understanding_scenes=2, width=64, height=64)
-
-
-class GroundTruthGenerator:
-    """Looks up the scene behind each prompt / edit / question and answers perfectly."""
-
-    def __init__(self, cfg: SuiteConfig):
-        w, h = cfg.width, cfg.height
-        self.size = (w, h)
-        self.scenes = {m["prompt"]: scene_for_prompt(m, np.random.default_rng(i), w, h)
-                       for i, m in enumerate(load_metadata(DEFAULT_PROMPTS_PATH))}
-        self.scenes.update({it["prompt"]: Scene.from_dict(it["scene"])
-                            for it in dpg_items(cfg.dpg_prompts, seed=cfg.seed, width=w, height=h)})
-        self.edits = {}
-        for s in shapes_editcanvas_set(seed=cfg.seed, per_task=cfg.editcanvas_per_task, width=w, height=h):
-            images = sample_images(s)
-            self.edits[(images["source"].tobytes(), s.get("instruction") or s["prompt"])] = images["target"]
-        self.answers = {(it["image"].tobytes(), it["question"]): it["answer"]
-                        for it in understanding_items(cfg.understanding_scenes, seed=cfg.seed, width=w, height=h)}
-
-    def text_to_image(self, prompts, height, width, seed):
-        return [render(self.scenes[p], width, height).image for p in prompts]
-
-    def edit(self, sources, instructions, seed):
-        return [self.edits[(s.tobytes(), i)] for s, i in zip(sources, instructions)]
-
-    def answer(self, images, questions):
-        return [self.answers[(im.tobytes(), q)] for im, q in zip(images, questions)]
 
 
 class BlankGenerator:
@@ -120,3 +95,65 @@ def test_rescore_reproduces_scores_from_the_written_images(perfect, tmp_path):
     assert scores[str(copy)]["geneval/overall"] == 0.0 and scores[str(copy)]["dpg/score"] >= 95.0
     with pytest.raises(UsageError, match="no benchmark suite folders"):
         rescore(str(tmp_path / "copy" / "dpg"))
+
+
+def test_geneval_is_reported_on_seen_and_unseen_prompts(perfect):
+    """Without training shards the split rule decides: the seen and unseen parts partition the
+    prompts (the subset has some of each) and score like the whole for the ground truth."""
+    from shapes.split import split_of
+    from evaluation.geneval import spread_subset
+
+    _, metrics = perfect
+    gen = metrics["geneval"]
+    metas = spread_subset(load_metadata(DEFAULT_PROMPTS_PATH), CFG.geneval_limit)
+    unseen = sum(split_of(m) == "unseen" for m in metas)
+    assert gen["split"] == "rule" and 0 < unseen < len(metas)
+    assert (gen["seen"]["prompts"], gen["unseen"]["prompts"]) == (len(metas) - unseen, unseen)
+    assert gen["seen"]["images"] + gen["unseen"]["images"] == gen["images"]
+    scores = headline(metrics)
+    assert scores["geneval/seen/overall"] >= 0.95 and scores["geneval/unseen/overall"] >= 0.95
+    assert gen["held_out"]["prompts"] == unseen and scores["geneval/held_out/overall"] >= 0.95
+
+
+def test_seen_means_the_prompt_text_is_among_the_training_captions(tmp_path):
+    """split_summaries with training captions: a prompt is seen iff its exact text was a caption;
+    caption_texts reads every caption field of world shards."""
+    from commands.world import run as world
+    from shapes.split import split_of
+    from evaluation.geneval import caption_texts, split_summaries
+
+    world(kind="scenes", out=str(tmp_path / "w"), num_samples=8, samples_per_shard=4, seed=1, prompt_mix=1.0)
+    texts = caption_texts([tmp_path / "w"])
+    assert len(texts) >= 8
+    metas = load_metadata(DEFAULT_PROMPTS_PATH)
+    inside = list({m["prompt"]: m for m in metas if m["prompt"] in texts}.values())   # distinct texts
+    outside = list({m["prompt"]: m for m in metas if m["prompt"] not in texts}.values())[:3]
+    records = [{"tag": m["tag"], "prompt": m["prompt"], "correct": k % 2 == 0, "metadata": json.dumps(m)}
+               for k, m in enumerate(inside[:2] + outside)]
+    parts = split_summaries(records, texts)
+    assert parts["source"] == "captions"
+    assert (parts["seen"]["prompts"], parts["unseen"]["prompts"]) == (len(inside[:2]), 3)
+    assert parts["held_out"]["prompts"] == sum(split_of(m) == "unseen" for m in inside[:2] + outside)
+    empty = split_summaries(records[:1], set())
+    assert empty["seen"]["overall"] is None and empty["unseen"]["images"] == 1
+    with pytest.raises(FileNotFoundError, match="no .tar shards"):
+        caption_texts([tmp_path])
+
+
+def test_baselines_command_writes_suite_folders_floor_below_ceiling(tmp_path):
+    from commands import UsageError
+    from commands.baselines import run as baselines
+
+    suite = {"geneval_limit": 12, "images_per_prompt": 2, "dpg_prompts": 2, "editcanvas_per_task": 1,
+             "understanding_scenes": 1, "width": 64, "height": 64}
+    scores = baselines(out=str(tmp_path), suite=suite)
+    for name in ("random_scenes", "ground_truth"):
+        metrics = json.loads((tmp_path / name / "metrics.json").read_text())
+        assert metrics["baseline"]["name"] == name and metrics["suite"]["geneval_limit"] == 12
+        assert (tmp_path / name / "geneval" / "results.jsonl").is_file() and "unseen" in metrics["geneval"]
+    truth, floor = scores["ground_truth"], scores["random_scenes"]
+    assert truth["geneval/overall"] >= 0.95 and truth["understanding/overall"] >= 0.95
+    assert floor["geneval/overall"] <= truth["geneval/overall"] - 0.4
+    assert floor["understanding/overall"] == 0.0 and floor["dpg/score"] < truth["dpg/score"]
+    with pytest.raises(UsageError, match="'oracle'"):
+        baselines(out=str(tmp_path), baselines=["oracle"])
