@@ -107,3 +107,22 @@ def test_validation_has_no_condition_dropout():
     batcher = module.batcher()  # in a worker: the item's "train" flag decides
     assert int((batcher([{**it, "train": True} for it in items]).tokens.ids < 256).sum()) == 0
     assert int((batcher(items).tokens.ids < 256).sum()) == sum(len(it["text_ids"]) for it in items)
+
+
+def test_datamodule_workers_collate_index_batches(tmp_path):
+    """With the model's batcher the datamodule's loader workers yield IndexBatches that train to
+    the same loss as the same items indexed in-process."""
+    from datamodules.pretokenized_dm import PretokenizedDataModule
+    from modules.common.sequence import IndexBatch
+    from tests.test_ar_module import make_shards
+
+    d = make_shards(tmp_path / "s", side=3, n=8, i2t_every=2)
+    module = ARModule(overrides=TINY, cond_dropout=0.0)
+    batches = {}
+    for batcher in (None, module.batcher()):
+        dm = PretokenizedDataModule(train_dir=d, batch_size=4, variant=0, shuffle_buffer=1, num_workers=1)
+        dm.use_batcher(batcher)
+        batches[batcher is None] = next(iter(dm.train_dataloader()))
+    items, index = batches[True], batches[False]
+    assert isinstance(index, IndexBatch) and isinstance(items, list)
+    torch.testing.assert_close(module.compute_loss(index)["loss"], module.compute_loss(items)["loss"])
