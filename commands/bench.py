@@ -101,7 +101,7 @@ def _t2i_items(cfg, side: int, batch: int, caption_len: int, seed: int = 0) -> l
 
 
 def bench_train_step(preset: str = "shapes-small", sides: tuple[int, ...] = (8, 16), batch: int = 8,
-                     caption_len: int = 12, steps: int = 2, rounds: int = 2, codebook_size: int = 256,
+                     caption_len: int = 12, steps: int = 4, codebook_size: int = 256,
                      code_dim: int = 40, plain: bool = False, device: str = "cpu") -> dict:
     """AR training samples/s, per-sample sequence building (before: `ARModule.reference_batch`,
     features built per sample on the CPU inside the step) vs index batches (after: the model's
@@ -110,7 +110,8 @@ def bench_train_step(preset: str = "shapes-small", sides: tuple[int, ...] = (8, 
     (final grids `sides`), codebook 256, 40-dim codes, random codes. "after" counts the collate
     in the step (num_workers=0, the quickstart's setting); "after, collate in workers" leaves it
     out (what the step costs when workers prepare batches ahead). plain: also a plain decoder of
-    the same size (token embeddings, SDPA is_causal, 1-D positions, full-logits CE), tokens/s."""
+    the same size (token embeddings, SDPA is_causal, 1-D positions, full-logits CE), tokens/s.
+    Each variant: the fastest of `steps` steps, interleaved with the others, after a warm-up."""
     from modules.ar.model import ARDecoder
     from modules.ar.module import ARModule
 
@@ -121,23 +122,20 @@ def bench_train_step(preset: str = "shapes-small", sides: tuple[int, ...] = (8, 
     cfg, batcher = module.config, module.batcher()
     opt = torch.optim.AdamW(module.parameters(), lr=1e-4)
 
-    def timed(step_fn, model_opt=opt):
-        times = []
-        for _ in range(steps + 1):
-            t0 = time.perf_counter()
-            loss = step_fn()
-            model_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            model_opt.step()
-            if device == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - t0)
-        return sum(times[1:]) / steps  # first step = warm-up
+    def timed(step_fn, model_opt=opt) -> float:
+        """Seconds of one training step (loss, backward, optimizer)."""
+        t0 = time.perf_counter()
+        loss = step_fn()
+        model_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        model_opt.step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
 
     results = {}
     print(f"train_step  {preset} ({cfg.estimate_params() / 1e6:.1f}M params) batch {batch}, codebook {codebook_size}, "
           f"code_dim {code_dim}, {device}, torch threads {torch.get_num_threads()}")
-    print(f"  {'grid':>6}{'L':>6}{'before':>10}{'after':>10}{'ratio':>8}{'workers':>10}{'ratio':>8}   samples/s")
     for side in sides:
         items = _t2i_items(cfg, side, batch, caption_len)
         prepared = batcher(items)
@@ -146,15 +144,32 @@ def bench_train_step(preset: str = "shapes-small", sides: tuple[int, ...] = (8, 
             "after": lambda: module.compute_loss(batcher(items))["loss"],
             "workers": lambda: module.compute_loss(prepared)["loss"],
         }
-        best = {k: float("inf") for k in variants}
-        for _ in range(rounds):  # alternate, so load from other processes hits all alike
+        parts = {"sequences before": lambda: module.reference_batch(items), "collate after": lambda: batcher(items),
+                 "device after": lambda: module.make_batch(prepared)}
+        for fn in variants.values():
+            timed(fn)  # warm-up
+        times = {k: [] for k in [*variants, *parts]}
+        for _ in range(steps):  # interleaved step by step, so load from other processes hits all alike
             for k, fn in variants.items():
-                best[k] = min(best[k], timed(fn))
-        sps = {k: batch / t for k, t in best.items()}
+                times[k].append(timed(fn))
+            for k, fn in parts.items():
+                t0 = time.perf_counter()
+                fn()
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                times[k].append(time.perf_counter() - t0)
+        best = {k: min(t) for k, t in times.items()}  # the least disturbed step of each
+        sps = {k: batch / best[k] for k in variants}
         L = prepared.tokens.ids.shape[1]
-        row = {**sps, "ratio": sps["after"] / sps["before"], "ratio_workers": sps["workers"] / sps["before"], "L": L}
-        print(f"  {side:>4}^2{L:>6}{sps['before']:10.2f}{sps['after']:10.2f}{row['ratio']:7.2f}x"
-              f"{sps['workers']:10.2f}{row['ratio_workers']:7.2f}x   (target >= 2x)")
+        row = {**sps, "ratio": sps["after"] / sps["before"], "ratio_workers": sps["workers"] / sps["before"], "L": L,
+               **{f"{k} s": best[k] for k in parts}}
+        ms = {k: 1e3 * best[k] for k in parts}
+        print(f"  {side * 8} px ({side}x{side} final grid at patch 8, L={L}), samples/s:")
+        print(f"    before (per-sample builder in the step)  {sps['before']:8.2f}")
+        print(f"    after  (index batch, collate in the step) {sps['after']:8.2f}   {row['ratio']:.2f}x   (target >= 2x)")
+        print(f"    after  (collate in loader workers)       {sps['workers']:8.2f}   {row['ratio_workers']:.2f}x")
+        print(f"    per batch: sequences before {ms['sequences before']:.0f} ms; after {ms['collate after']:.0f} ms "
+              f"collate + {ms['device after']:.0f} ms gather/upsample; whole step {1e3 * best['workers']:.0f} ms")
         if plain:
             dec = ARDecoder(cfg).to(device)
             dec_opt = torch.optim.AdamW(dec.parameters(), lr=1e-4)
@@ -165,7 +180,7 @@ def bench_train_step(preset: str = "shapes-small", sides: tuple[int, ...] = (8, 
                 logits = dec(ids[:, :-1], pos, mask="causal")
                 return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), ids[:, 1:].flatten())
 
-            t_plain = min(timed(plain_step, dec_opt) for _ in range(rounds))
+            t_plain = min(timed(plain_step, dec_opt) for _ in range(steps + 1))
             row["plain_ratio"] = t_plain / best["workers"]
             print(f"  {'':>6}{'':>6} plain SDPA causal decoder {batch * L / t_plain:10.1f} tok/s; "
                   f"ours / plain {row['plain_ratio']:.3f}x (target >= 0.85x)")

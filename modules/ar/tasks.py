@@ -107,11 +107,12 @@ class ItemBatcher:
                                         cond_dropout=self.cond_dropout, max_len=self.max_len)
 
     def generator(self) -> torch.Generator:
-        """Condition-dropout draws: seeded per dataloader worker (torch gives each worker its own
-        seed), else from `seed` (the model sets seed + rank)."""
+        """Condition-dropout draws from `seed` (the model sets seed + rank), mixed in a dataloader
+        worker with the worker's own seed (torch's, different per worker and epoch)."""
         if self._gen is None:
             info = torch.utils.data.get_worker_info()
-            self._gen = torch.Generator().manual_seed(self.seed if info is None else info.seed)
+            seed = self.seed if info is None else (info.seed + 1_000_003 * self.seed) % 2**63
+            self._gen = torch.Generator().manual_seed(seed)
         return self._gen
 
     def segments(self, item: dict) -> list:

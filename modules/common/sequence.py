@@ -204,6 +204,7 @@ class SequenceBuilder:
     cond_dropout: float = 0.1  # NF: text condition dropped for CFG
     max_len: int | None = None
     _weights: dict = field(default_factory=dict, repr=False)
+    _templates: dict = field(default_factory=dict, repr=False)
 
     def loss_weights(self, schedule: ScaleSchedule) -> torch.Tensor:
         key = (schedule, self.alpha)
@@ -247,26 +248,33 @@ class SequenceBuilder:
                 raise ValueError(f"image has {len(seg.targets)} target / {len(inputs)} input scales but its "
                                  f"schedule has {sched.num_scales}")
             close = follows if seg.close is None else seg.close
-            if features:
-                feats = scale_input_features(self.code_emb, inputs, sched, self.visual_inputs, self.upsample, close)
-            else:
-                feats = [torch.zeros(sched.areas[min(s, sched.num_scales - 1)], 0)
-                         for s in range(1, sched.num_scales + (1 if close else 0))]
+            if not features:  # cached layout; only the targets and block ids are per sample
+                boi, rest = self._image_template(sched, t, close)
+                tgt = V.visual(torch.cat([c.reshape(-1) for c in seg.targets]).long().cpu())
+                a0 = sched.areas[0]
+                rest_target = rest.target.clone()
+                rest_target[:len(tgt) - a0] = tgt[a0:]
                 refs.append(ImageRef(sched, torch.cat([c.reshape(-1) for c in inputs]).long(), n, close, seg.loss))
-            blocks = [boi_block(sched, t, V, D, self.rope_C)]
-            blocks += [scale_block(sched, s, t, f, V, self.rope_C, self.max_scales) for s, f in enumerate(feats, 1)]
-            w_all = self.loss_weights(sched) if seg.loss and features else torch.zeros(sched.token_count)
-            for s in range(sched.num_scales):  # block s predicts scale s (0-based)
-                o, a = sched.offsets[s], sched.areas[s]
-                blocks[s].target = V.visual(seg.targets[s].reshape(-1).long().cpu())
-                blocks[s].weight = w_all[o:o + a].clone()
-            for b in blocks:
-                b.block.fill_(block)
-                block += 1
-                n += len(b)
-            parts.append(blocks[0])
-            self._link(parts, seg.loss)  # the token before <boi> predicts <boi>
-            parts.extend(blocks[1:])
+                parts.append(replace(boi, target=tgt[:a0], block=boi.block + block))
+                self._link(parts, seg.loss)  # the token before <boi> predicts <boi>
+                parts.append(replace(rest, target=rest_target, block=rest.block + block))
+                block, n = block + sched.num_scales + (1 if close else 0), n + len(boi) + len(rest)
+            else:
+                feats = scale_input_features(self.code_emb, inputs, sched, self.visual_inputs, self.upsample, close)
+                blocks = [boi_block(sched, t, V, D, self.rope_C)]
+                blocks += [scale_block(sched, s, t, f, V, self.rope_C, self.max_scales) for s, f in enumerate(feats, 1)]
+                w_all = self.loss_weights(sched) if seg.loss else torch.zeros(sched.token_count)
+                for s in range(sched.num_scales):  # block s predicts scale s (0-based)
+                    o, a = sched.offsets[s], sched.areas[s]
+                    blocks[s].target = V.visual(seg.targets[s].reshape(-1).long().cpu())
+                    blocks[s].weight = w_all[o:o + a].clone()
+                for b in blocks:
+                    b.block.fill_(block)
+                    block += 1
+                    n += len(b)
+                parts.append(blocks[0])
+                self._link(parts, seg.loss)  # the token before <boi> predicts <boi>
+                parts.extend(blocks[1:])
             t += sched.num_scales + (1 if close else 0)
             if close:
                 eoi = _text_tokens([V.eoi], t, D)
@@ -278,6 +286,20 @@ class SequenceBuilder:
             raise ValueError(f"sequence of {len(out)} tokens is longer than the configured maximum "
                              f"{self.max_len}; raise max_len (ARConfig.block_size) or use a lower resolution")
         return out, refs
+
+    def _image_template(self, schedule: ScaleSchedule, t: int, close: bool) -> tuple[Tokens, Tokens]:
+        """(<boi> block, the other blocks) of an image at scale coordinate t without features,
+        targets IGNORE, block ids from 0: the same `boi_block` / `scale_block` layout, cached."""
+        key = (schedule, t, close)
+        if key not in self._templates:
+            K = schedule.num_scales
+            blocks = [boi_block(schedule, t, self.vocab, 0, self.rope_C)]
+            blocks += [scale_block(schedule, s, t, torch.zeros(schedule.areas[min(s, K - 1)], 0), self.vocab,
+                                   self.rope_C, self.max_scales) for s in range(1, K + (1 if close else 0))]
+            for i, b in enumerate(blocks):
+                b.block.fill_(i)
+            self._templates[key] = (blocks[0], Tokens.cat(blocks[1:]))
+        return self._templates[key]
 
     @staticmethod
     def _link(parts: list[Tokens], loss: bool) -> None:
