@@ -106,10 +106,13 @@ class ARModule(pl.LightningModule):
         """Items -> index batches (no code embeddings): handed to the datamodule at setup so it runs
         in dataloader workers; `compute_loss` uses it in-process for a list of items."""
         c = self.config
-        return tasks.ItemBatcher(c.vocab, c.text_vocab_size, c.codebook_size, c.rope_C, c.max_scales, c.block_size,
-                                 self.hparams.cond_dropout, self.hparams.self_correct, self.tokenizer_fingerprint,
-                                 self.hparams.tokenizer_ckpt, self.hparams.pack_row_len,
-                                 FLEX_BLOCK if self._use_flex() else 1, self.hparams.seed + self.global_rank)
+        h = self.hparams
+        return tasks.ItemBatcher(c.vocab, text_vocab_size=c.text_vocab_size, codebook_size=c.codebook_size,
+                                 rope_C=c.rope_C, max_scales=c.max_scales, max_len=c.block_size,
+                                 cond_dropout=h.cond_dropout, self_correct=h.self_correct,
+                                 fingerprint=self.tokenizer_fingerprint, tokenizer_ckpt=h.tokenizer_ckpt,
+                                 pack_row_len=h.pack_row_len, pad_to_multiple=FLEX_BLOCK if self._use_flex() else 1,
+                                 seed=h.seed + self.global_rank)
 
     @property
     def builder(self) -> SequenceBuilder:
