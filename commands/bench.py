@@ -1,12 +1,15 @@
 """Benchmarks that print ratios against a baseline run in the same invocation (not timed tests).
 
     python main.py bench --what fused_ce     fused chunked linear+CE vs naive: peak memory, time
-    python main.py bench --what train_step   AR training step vs a plain SDPA causal decoder
+    python main.py bench --what train_step   AR training samples/s: per-sample sequence building vs
+                                             index batches (bench_train_step(plain=True) adds a
+                                             plain SDPA decoder of the same size)
     python main.py bench --what sampling     next-scale vs raster-scan sampling (issue 5)
     python main.py bench                     all of the above
 
 Issue 4 targets: fused_ce <= 0.15x naive peak memory at <= 1.3x naive time (4096 tokens,
 d = 1024, vocabulary 152,064 + 16,384); train_step >= 0.85x the plain decoder's tokens/s.
+Issue 17 target: train_step samples/s >= 2x the per-sample sequence builder's.
 Peak memory on CPU: each variant runs in a fresh subprocess and reports its peak resident set
 (ru_maxrss) minus the resident set after its inputs were allocated.
 """
@@ -82,69 +85,107 @@ def bench_fused_ce(tokens: int = 4096, dim: int = 1024, vocab: int = 152_064 + 1
     return {"memory_ratio": mem_ratio, "time_ratio": time_ratio, "naive": naive, "fused": fused}
 
 
-def _t2i_items(cfg, side: int, batch: int, caption_len: int) -> list[dict]:
+def _t2i_items(cfg, side: int, batch: int, caption_len: int, seed: int = 0) -> list[dict]:
     """Items as PretokenizedDataModule yields them (self-corrected inputs + paired targets)."""
     from modules.common.scale_schedule import ScaleSchedule
 
     sch = ScaleSchedule.square(side)
+    g = torch.Generator().manual_seed(seed)
 
     def maps():
-        return [torch.randint(0, cfg.codebook_size, g) for g in sch.grids]
+        return [torch.randint(0, cfg.codebook_size, grid, generator=g) for grid in sch.grids]
 
-    return [{"task": "t2i", "text_ids": torch.randint(0, cfg.text_vocab_size, (caption_len,)).tolist(),
-             "schedule": sch, "targets": maps(), "inputs": maps(), "clean_targets": maps(), "key": str(i)}
-            for i in range(batch)]
+    return [{"task": "t2i", "text_ids": torch.randint(0, cfg.text_vocab_size, (caption_len,), generator=g).tolist(),
+             "schedule": sch, "targets": maps(), "inputs": maps(), "clean_targets": maps(), "key": str(i),
+             "train": True} for i in range(batch)]
 
 
-def bench_train_step(preset: str = "shapes-small", side: int = 16, batch: int = 2, caption_len: int = 40,
-                     steps: int = 3, device: str = "cpu") -> dict:
-    """Tokens/s of an ARModule training step (sequence building from indices, visual connector,
-    scale embeddings, 3D RoPE, block-causal mask, fused scale-weighted CE) vs a plain decoder of
-    the same size (token embeddings, SDPA is_causal, 1-D positions, full-logits CE)."""
+def bench_train_step(preset: str = "shapes-small", sides: tuple[int, ...] = (8, 16), batch: int = 8,
+                     caption_len: int = 12, steps: int = 4, codebook_size: int = 256,
+                     code_dim: int = 40, plain: bool = False, device: str = "cpu") -> dict:
+    """AR training samples/s, per-sample sequence building (before: `ARModule.reference_batch`,
+    features built per sample on the CPU inside the step) vs index batches (after: the model's
+    batcher, as the datamodule's collate runs it, plus the batched gather/upsample on the device),
+    at the quickstart's config: shapes-small, batch 8, 64 and 128 px Shapes schedules at patch 8
+    (final grids `sides`), codebook 256, 40-dim codes, random codes. "after" counts the collate
+    in the step (num_workers=0, the quickstart's setting); "after, collate in workers" leaves it
+    out (what the step costs when workers prepare batches ahead). plain: also a plain decoder of
+    the same size (token embeddings, SDPA is_causal, 1-D positions, full-logits CE), tokens/s.
+    Each variant: the fastest of `steps` steps, interleaved with the others, after a warm-up."""
+    from modules.ar.model import ARDecoder
     from modules.ar.module import ARModule
 
     torch.manual_seed(0)
-    module = ARModule(preset=preset).to(device)
+    module = ARModule(preset=preset, overrides={"codebook_size": codebook_size, "code_dim": code_dim},
+                      text_tokenizer="shapes-words").to(device)
     module.train()
-    cfg = module.config
-    items = _t2i_items(cfg, side, batch, caption_len)
-    B, L = module.make_batch(items).ids.shape
+    cfg, batcher = module.config, module.batcher()
+    opt = torch.optim.AdamW(module.parameters(), lr=1e-4)
 
-    def run(model, step_fn):
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        times = []
-        for _ in range(steps + 1):
-            t0 = time.perf_counter()
-            loss = step_fn()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if device == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - t0)
-        return B * L / (sum(times[1:]) / steps)  # first step = warm-up
+    def timed(step_fn, model_opt=opt) -> float:
+        """Seconds of one training step (loss, backward, optimizer)."""
+        t0 = time.perf_counter()
+        loss = step_fn()
+        model_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        model_opt.step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
 
-    from modules.ar.model import ARDecoder
+    results = {}
+    print(f"train_step  {preset} ({cfg.estimate_params() / 1e6:.1f}M params) batch {batch}, codebook {codebook_size}, "
+          f"code_dim {code_dim}, {device}, torch threads {torch.get_num_threads()}")
+    for side in sides:
+        items = _t2i_items(cfg, side, batch, caption_len)
+        prepared = batcher(items)
+        variants = {
+            "before": lambda: module.compute_loss(items, reference=True)["loss"],
+            "after": lambda: module.compute_loss(batcher(items))["loss"],
+            "workers": lambda: module.compute_loss(prepared)["loss"],
+        }
+        parts = {"sequences before": lambda: module.reference_batch(items), "collate after": lambda: batcher(items),
+                 "device after": lambda: module.make_batch(prepared)}
+        for fn in variants.values():
+            timed(fn)  # warm-up
+        times = {k: [] for k in [*variants, *parts]}
+        for _ in range(steps):  # interleaved step by step, so load from other processes hits all alike
+            for k, fn in variants.items():
+                times[k].append(timed(fn))
+            for k, fn in parts.items():
+                t0 = time.perf_counter()
+                fn()
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                times[k].append(time.perf_counter() - t0)
+        best = {k: min(t) for k, t in times.items()}  # the least disturbed step of each
+        sps = {k: batch / best[k] for k in variants}
+        L = prepared.tokens.ids.shape[1]
+        row = {**sps, "ratio": sps["after"] / sps["before"], "ratio_workers": sps["workers"] / sps["before"], "L": L,
+               **{f"{k} s": best[k] for k in parts}}
+        ms = {k: 1e3 * best[k] for k in parts}
+        print(f"  {side * 8} px ({side}x{side} final grid at patch 8, L={L}), samples/s:")
+        print(f"    before (per-sample builder in the step)  {sps['before']:8.2f}")
+        print(f"    after  (index batch, collate in the step) {sps['after']:8.2f}   {row['ratio']:.2f}x   (target >= 2x)")
+        print(f"    after  (collate in loader workers)       {sps['workers']:8.2f}   {row['ratio_workers']:.2f}x")
+        print(f"    per batch: sequences before {ms['sequences before']:.0f} ms; after {ms['collate after']:.0f} ms "
+              f"collate + {ms['device after']:.0f} ms gather/upsample; whole step {1e3 * best['workers']:.0f} ms")
+        if plain:
+            dec = ARDecoder(cfg).to(device)
+            dec_opt = torch.optim.AdamW(dec.parameters(), lr=1e-4)
+            ids = torch.randint(0, cfg.text_vocab_size, (batch, L + 1), device=device)
+            pos = torch.arange(L, device=device, dtype=torch.float32)[None, :, None].expand(batch, L, 3)
 
-    plain = ARDecoder(cfg).to(device)
-    ids = torch.randint(0, cfg.text_vocab_size, (B, L + 1), device=device)
-    pos = torch.arange(L, device=device, dtype=torch.float32)[None, :, None].expand(B, L, 3)
+            def plain_step():
+                logits = dec(ids[:, :-1], pos, mask="causal")
+                return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), ids[:, 1:].flatten())
 
-    def plain_step():
-        logits = plain(ids[:, :-1], pos, mask="causal")
-        return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), ids[:, 1:].flatten())
-
-    tps_plain, tps_ours = [], []
-    for _ in range(2):  # alternate, so load from other processes hits both alike
-        tps_plain.append(run(plain, plain_step))
-        tps_ours.append(run(module, lambda: module.compute_loss(items)["loss"]))
-    tps_plain, tps_ours = max(tps_plain), max(tps_ours)
-    ratio = tps_ours / tps_plain
-    print(f"train_step  {preset} ({cfg.estimate_params() / 1e6:.1f}M params) B={B} L={L} {device}")
-    print(f"  plain SDPA causal decoder {tps_plain:10.1f} tok/s")
-    print(f"  ARModule training step    {tps_ours:10.1f} tok/s")
-    print(f"  ratio                     {ratio:10.3f}x   (target >= 0.85x)")
-    return {"ratio": ratio, "ours_tok_s": tps_ours, "plain_tok_s": tps_plain}
+            t_plain = min(timed(plain_step, dec_opt) for _ in range(steps + 1))
+            row["plain_ratio"] = t_plain / best["workers"]
+            print(f"  {'':>6}{'':>6} plain SDPA causal decoder {batch * L / t_plain:10.1f} tok/s; "
+                  f"ours / plain {row['plain_ratio']:.3f}x (target >= 0.85x)")
+        results[side] = row
+    return results
 
 
 def bench_sampling(device: str = "cpu") -> dict:

@@ -4,7 +4,10 @@ DDP-safety (node/worker split, equal batch counts per rank, epoch length on the 
 from `ShardDataModule`. Batches are lists of items that share a bucket — the final token grid
 (resolution / aspect ratio), the task and a sequence-length bin — so rows of one batch pad
 little. An item: {"task", "text_ids", "schedule", "targets", "inputs", "clean_targets", "key",
-"fingerprint", "codebook_size"}; `ARModule` turns items into sequences.
+"fingerprint", "codebook_size"}. Once the AR model hands over its batcher (`use_batcher`, called at
+the model's setup), `collate` runs it, so sequences are indexed in the dataloader workers
+(`modules.common.sequence.IndexBatch`: ids, positions, blocks, targets, code maps); without one,
+batches are lists of items.
 
 Resolution curriculum: `train_dirs` maps a phase name (e.g. the resolution "64") to a shard
 directory; `set_phase` switches it (callbacks/curriculum.py calls it; the trainer must run with
@@ -70,6 +73,7 @@ class PretokenizedDataModule(ShardDataModule):
         if self.train_dirs:
             self.set_phase(phase if phase is not None else next(iter(self.train_dirs)))
         self._rng = np.random.default_rng(seed)
+        self.batcher = None
 
     def use_text_tokenizer(self, tokenizer, kind: str) -> None:
         """Called by the AR model at setup: encode captions with the model's own tokenizer."""
@@ -77,6 +81,11 @@ class PretokenizedDataModule(ShardDataModule):
             raise ValueError(f"the datamodule's text_tokenizer={self.text_tokenizer_kind!r} differs from the AR "
                              f"model's {kind!r}; drop data.init_args.text_tokenizer (the model's is used)")
         self.text_tokenizer = tokenizer
+
+    def use_batcher(self, batcher) -> None:
+        """Called by the AR model at setup: a callable items -> index batch (`tasks.ItemBatcher`),
+        run by `collate` in the dataloader workers."""
+        self.batcher = batcher
 
     def set_phase(self, phase: str) -> None:
         phase = str(phase)
@@ -87,12 +96,15 @@ class PretokenizedDataModule(ShardDataModule):
     def decode(self, sample):
         return decode_pretokenized_item(sample, self.text_tokenizer.encode, variant=self.variant, rng=self._rng)
 
+    def decode_train(self, sample):
+        return {**self.decode(sample), "train": True}  # the batcher applies condition dropout to these
+
     def bucket_key(self, item):
         length = len(item["text_ids"]) + item["schedule"].token_count
         return item["schedule"].final_grid, item["task"], length // self.length_bin
 
     def collate(self, items):
-        return list(items)
+        return list(items) if self.batcher is None else self.batcher(list(items))
 
     def val_dataloader(self):
         return [] if self.val_dir is None else super().val_dataloader()  # no val_dir: no validation

@@ -75,7 +75,8 @@ def test_curriculum_switches_and_resumes(tmp_path):
 
     class Spy(pl.Callback):
         def on_train_batch_start(self, trainer, module, batch, idx):
-            seen.append((trainer.global_step, batch[0]["schedule"].final_grid, module.alpha))
+            grid = batch.images[0].schedule.final_grid  # collated by the model's batcher (IndexBatch)
+            seen.append((trainer.global_step, grid, module.alpha))
 
     def run(max_steps, ckpt=None):
         module = ARModule(overrides=TINY, warmup_steps=1)
@@ -128,7 +129,8 @@ def test_model_owns_the_text_tokenizer(tmp_path):
     assert module.config.text_vocab_size == module.text_tokenizer.vocab_size > 256
     dm = PretokenizedDataModule(train_dir=d, batch_size=2)
     _trainer(tmp_path, max_steps=1).fit(module, dm)
-    assert dm.text_tokenizer is module.text_tokenizer
+    assert dm.text_tokenizer is module.text_tokenizer and dm.batcher.text_vocab_size == module.config.text_vocab_size
+    dm.use_batcher(None)  # items, not index batches
     ids = next(iter(dm.train_dataloader()))[0]["text_ids"]
     assert module.text_tokenizer.encode(" red")[0] in ids and len(ids) < len("a red shape 0")
     wrong = PretokenizedDataModule(train_dir=d, batch_size=2, text_tokenizer="bytes")

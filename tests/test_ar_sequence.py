@@ -154,3 +154,30 @@ def test_from_pretokenized_pairs_inputs_with_variant_targets():
     img = segs[-1]
     assert torch.equal(torch.cat([t.reshape(-1) for t in img.targets]), torch.from_numpy((flat + 1) % 16))
     assert set(torch.cat([t.reshape(-1) for t in img.inputs]).tolist()) == {3}
+
+
+def test_build_index_has_the_build_layout_for_every_task():
+    """build_index (no features, cached image layout) == build in every field but vis and the
+    image tokens' weights; each ImageRef points at its <boi> block and carries the input codes."""
+    b, _, codes = _setup()
+    corrupted = [(c + 3) % 16 for c in codes]
+    layouts = {"t2i": tasks.t2i(V, [65, 66], SCH, codes, corrupted), "i2t": tasks.i2t(V, SCH, codes, [70, 71]),
+               "edit": tasks.edit(V, SCH, codes, [80, 81], SCH, codes, corrupted),
+               "interleaved": tasks.interleaved(V, [[65, 66], (SCH, codes), [67], (SCH, codes)])}
+    for name, segs in layouts.items():
+        ref = b.build(segs)
+        tok, refs = b.build_index(segs)
+        image = torch.zeros(len(ref), dtype=torch.bool)
+        for r in refs:
+            n = SCH.token_count + (SCH.areas[-1] if r.close else 0)
+            assert tok.ids[r.start] == V.boi and not image[r.start:r.start + n].any(), name
+            image[r.start:r.start + n] = True
+        assert int(image.sum()) == int((ref.scale >= 0).sum()), name
+        for f in ("ids", "pos", "block", "scale", "nscales", "target", "vis_mask"):
+            assert torch.equal(getattr(tok, f), getattr(ref, f)), (name, f)
+        assert torch.equal(tok.weight[~image], ref.weight[~image]) and tok.weight[image].sum() == 0, name
+        assert tok.vis.shape == (len(ref), 0)
+    assert torch.equal(refs[0].codes, torch.cat([c.reshape(-1) for c in codes]))
+    _, (src, tgt) = b.build_index(layouts["edit"])
+    assert (src.close, src.loss, tgt.close, tgt.loss) == (True, False, False, True)
+    assert torch.equal(tgt.codes, torch.cat([c.reshape(-1) for c in corrupted]))  # self-corrected inputs

@@ -4,8 +4,9 @@ Qwen2 layout (RMSNorm, SwiGLU MLP, grouped-query attention with q/k/v biases, un
 head); module names follow HF's (`self_attn.q_proj`, `mlp.gate_proj`, `input_layernorm`) so
 Qwen2.5 weights map one to one (modules/ar/qwen_weights.py). NextFlow additions:
   - visual input tokens are not table lookups: their features (code embeddings of the tokenizer,
-    already upsampled by the sequence builder, Tensor[..., code_dim]) go through a trained
-    connector, initialised from the codebook (`init_visual_from_codebook`);
+    already upsampled, Tensor[..., code_dim]: batched on the device by
+    `IndexBatch.materialize` in training, per sample by `SequenceBuilder` in the sampler) go
+    through a trained connector, initialised from the codebook (`init_visual_from_codebook`);
   - multiscale 3D RoPE over explicit positions (t, row, col) (modules/common/rope.py);
   - a learnable scale embedding and a sinusoidal number-of-scales embedding on image tokens;
   - block-causal attention: `mask` is a dense bool (B, 1, Lq, Lk) tensor (SDPA), a flex

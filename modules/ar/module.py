@@ -2,10 +2,12 @@
 
 It wires the ARDecoder, the sequence builder (modules/common/sequence.py: tokens, positions, blocks,
 weights) and the scale-aware fused loss (modules/ar/loss.py); hooks, logging and optimizers
-only. Batches come from `datamodules.pretokenized_dm.PretokenizedDataModule`: lists of items
-{"task", "text_ids", "schedule", "targets", "inputs", "key", "fingerprint"}; sequences are built
-here because the visual input features need the tokenizer's code embeddings, which the model
-owns (`ARDecoder.code_emb`).
+only. Batches come from `datamodules.pretokenized_dm.PretokenizedDataModule`, collated in its
+dataloader workers by this model's `tasks.ItemBatcher` into index tensors
+(`modules.common.sequence.IndexBatch`); the visual input features need the tokenizer's code
+embeddings, which the model owns (`ARDecoder.code_emb`), so they are gathered and upsampled
+here, on the device, batched. Lists of items (tests, a datamodule without the batcher) are
+indexed in-process.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from modules.ar import tasks
 from modules.ar.config import ARConfig
 from modules.ar.loss import ar_loss
 from modules.ar.model import ARDecoder
-from modules.common.sequence import SequenceBuilder, Tokens, collate
+from modules.common.sequence import IndexBatch, SequenceBuilder, Tokens, collate
 from modules.common.attention_mask import FLEX_BLOCK, flex_block_mask
 from modules.common.lr_schedule import warmup_cosine
 from modules.text import build_text_tokenizer
@@ -100,10 +102,25 @@ class ARModule(pl.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if hasattr(datamodule, "use_text_tokenizer"):
             datamodule.use_text_tokenizer(self.text_tokenizer, self.hparams.text_tokenizer)
+        if hasattr(datamodule, "use_batcher"):
+            datamodule.use_batcher(self.batcher())  # sequences are indexed in the dataloader workers
 
     # ------------------------------------------------------------------ sequences
+    def batcher(self) -> tasks.ItemBatcher:
+        """Items -> index batches (no code embeddings): handed to the datamodule at setup so it runs
+        in dataloader workers; `compute_loss` uses it in-process for a list of items."""
+        c = self.config
+        h = self.hparams
+        return tasks.ItemBatcher(c.vocab, text_vocab_size=c.text_vocab_size, codebook_size=c.codebook_size,
+                                 rope_C=c.rope_C, max_scales=c.max_scales, max_len=c.block_size,
+                                 cond_dropout=h.cond_dropout, self_correct=h.self_correct,
+                                 fingerprint=self.tokenizer_fingerprint, tokenizer_ckpt=h.tokenizer_ckpt,
+                                 pack_row_len=h.pack_row_len, pad_to_multiple=FLEX_BLOCK if self._use_flex() else 1,
+                                 seed=h.seed + self.global_rank)
+
     @property
     def builder(self) -> SequenceBuilder:
+        """The per-sample builder with CPU features (the sampler's; the reference of `make_batch`)."""
         c = self.config
         return SequenceBuilder(c.vocab, self.model.code_emb.detach().float().cpu(), rope_C=c.rope_C,
                                max_scales=c.max_scales, visual_inputs=c.visual_inputs, upsample=c.upsample_mode,
@@ -111,27 +128,26 @@ class ARModule(pl.LightningModule):
                                max_len=c.block_size)
 
     def segments(self, item: dict) -> list:
-        c, vocab = self.config, self.config.vocab
-        fp = item.get("fingerprint")
-        if self.tokenizer_fingerprint and fp and fp != self.tokenizer_fingerprint:
-            raise ValueError(f"shard sample {item.get('key')} was pretokenised by tokenizer {fp} but the AR model uses "
-                             f"{self.tokenizer_fingerprint}; re-run pretokenize with {self.hparams.tokenizer_ckpt}")
-        if (item.get("codebook_size") or c.codebook_size) != c.codebook_size:
-            raise ValueError(f"shard sample {item.get('key')} has codebook_size {item['codebook_size']} but the AR "
-                             f"model expects {c.codebook_size}")
-        text = list(item["text_ids"])
-        if text and max(text) >= c.text_vocab_size:
-            raise ValueError(f"text id {max(text)} >= text_vocab_size {c.text_vocab_size}: text tokenizer and AR "
-                             "config disagree")
-        inputs = item.get("inputs") if self.hparams.self_correct else None
-        targets = item["targets"] if inputs is not None else item.get("clean_targets", item["targets"])
-        if item["task"] == "t2i":
-            return tasks.t2i(vocab, text, item["schedule"], targets, inputs)
-        if item["task"] == "i2t":
-            return tasks.i2t(vocab, item["schedule"], item.get("clean_targets", targets), text)
-        raise ValueError(f"unknown task {item['task']!r} in batch item {item.get('key')}")
+        return self.batcher().segments(item)
 
-    def make_batch(self, items: list[dict]) -> Tokens:
+    def make_batch(self, batch: list[dict] | IndexBatch) -> Tokens:
+        """Model-ready tokens on the device: a list of items is indexed here (condition dropout
+        from the module's generator while training), an `IndexBatch` comes from the datamodule's
+        workers; code embeddings are gathered and upsampled on the device, batched."""
+        if not isinstance(batch, IndexBatch):
+            batch = self.batcher()(batch, train=self.training, generator=self._gen)
+        c = self.config
+        tok = batch.to(self.device).materialize(self.model.code_emb.float(), alpha=self.alpha,
+                                                mode=c.visual_inputs, upsample=c.upsample_mode)
+        L = tok.ids.shape[1]
+        if self._use_flex() and L % FLEX_BLOCK:
+            raise ValueError(f"flex attention needs rows padded to a multiple of {FLEX_BLOCK}, got {L}; the "
+                             "datamodule's batcher was set up for another device (ARModule.setup)")
+        return tok
+
+    def reference_batch(self, items: list[dict]) -> Tokens:
+        """The per-sample path `make_batch` replaced (features built per sample on the CPU by
+        `SequenceBuilder.build`): the reference of the parity test and of `bench train_step`."""
         b = self.builder
         samples = [b.build(self.segments(it), generator=self._gen) for it in items]
         mult = FLEX_BLOCK if self._use_flex() else 1
@@ -140,21 +156,26 @@ class ARModule(pl.LightningModule):
 
     def _use_flex(self) -> bool:
         a = self.hparams.attention
+        if a == "auto" and self._trainer is not None:
+            return self.trainer.strategy.root_device.type == "cuda"  # known at setup, before the move
         return a == "flex" or (a == "auto" and self.device.type == "cuda")
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx):
-        return batch  # items stay on CPU; make_batch moves the built tokens
+        if isinstance(batch, IndexBatch):
+            return batch.to(device)
+        return batch  # a list of items stays on CPU; make_batch indexes it
 
     # ------------------------------------------------------------------ steps
-    def compute_loss(self, items: list[dict]) -> dict:
-        """ar_loss's dict for a batch of items, plus "tokens" (B, L) built for it."""
-        tok = self.make_batch(items)
+    def compute_loss(self, batch: list[dict] | IndexBatch, *, reference: bool = False) -> dict:
+        """ar_loss's dict for a batch (items or an index batch), plus "tokens" (B, L) built for it.
+        reference: build it with `reference_batch` (per-sample CPU features) instead."""
+        tok = self.reference_batch(batch) if reference else self.make_batch(batch)
         mask = flex_block_mask(tok.block, tok.sample) if self._use_flex() else tok.mask()
         out = ar_loss(self.model, tok, mask=mask, fused=self.hparams.fused_loss, backend=self.hparams.loss_backend)
         return {**out, "tokens": tok}
 
-    def _step(self, items: list[dict], stage: str) -> torch.Tensor:
-        out = self.compute_loss(items)
+    def _step(self, batch, stage: str) -> torch.Tensor:
+        out = self.compute_loss(batch)
         tok = out["tokens"]
         bs = tok.ids.shape[0]
         self.log(f"{stage}/loss", out["loss"].detach(), prog_bar=True, batch_size=bs, sync_dist=stage != "train")
