@@ -254,6 +254,12 @@ def batch_scale_counts(batch) -> dict[int, int]:
     `weight` per token, one row per sample or packed with `sample` ids; there a sample holding
     several images of one count counts once)."""
     out: dict[int, int] = {}
+    if isinstance(batch, IndexBatch):  # the datamodule's worker-collated batches
+        for g in batch.images:
+            n, k = g.schedule.num_scales, int(g.loss.sum())
+            if k:
+                out[n] = out.get(n, 0) + k
+        return out
     if isinstance(batch, (list, tuple)) and all(isinstance(it, dict) for it in batch):
         for it in batch:
             sch = it.get("schedule")
