@@ -50,7 +50,8 @@ class PromptDataModule(pl.LightningDataModule):
     """Args:
         geneval_seeds: seeds of shapes.prompts.geneval_prompts to draw training lines from (the
             evaluation file is seed 0's draw; its prompts are excluded anyway).
-        dpg_items / dpg_seed: number and seed of DPG training items (0: none).
+        dpg_items / dpg_seed: number and seed of DPG training items (0: none); dpg_scene_size: the
+            canvas their scenes are laid out on (the evaluation's image size).
         exclude_prompts: prompt files (jsonl/csv/txt) or prompt strings never trained on.
         eval_dpg_seed / eval_dpg_items: the suite's DPG items, excluded from training.
         val_prompts: held-out GenEval prompts for the validation loop (0: no validation).
@@ -58,7 +59,7 @@ class PromptDataModule(pl.LightningDataModule):
     """
 
     def __init__(self, geneval_seeds: Sequence[int] = (1, 2, 3, 4), dpg_items: int = 0, dpg_seed: int = 1,
-                 image_size: int = 64, exclude_prompts: Sequence[str] | None = (str(DEFAULT_PROMPTS_PATH),),
+                 dpg_scene_size: int = 64, exclude_prompts: Sequence[str] | None = (str(DEFAULT_PROMPTS_PATH),),
                  eval_dpg_seed: int = 0, eval_dpg_items: int = 64, val_prompts: int = 8,
                  val_file: str = str(DEFAULT_PROMPTS_PATH), batch_size: int = 4, num_workers: int = 0):
         super().__init__()
@@ -81,9 +82,9 @@ class PromptDataModule(pl.LightningDataModule):
         if hp.dpg_items:
             if hp.dpg_seed == hp.eval_dpg_seed:
                 raise ValueError(f"dpg_seed {hp.dpg_seed} is the evaluation DPG seed; choose another training seed")
-            banned |= {it["prompt"] for it in dpg_items(hp.eval_dpg_items, seed=hp.eval_dpg_seed, width=hp.image_size,
-                                                        height=hp.image_size)}
-            for it in dpg_items(hp.dpg_items, seed=hp.dpg_seed, width=hp.image_size, height=hp.image_size):
+            banned |= {it["prompt"] for it in dpg_items(hp.eval_dpg_items, seed=hp.eval_dpg_seed, width=hp.dpg_scene_size,
+                                                        height=hp.dpg_scene_size)}
+            for it in dpg_items(hp.dpg_items, seed=hp.dpg_seed, width=hp.dpg_scene_size, height=hp.dpg_scene_size):
                 if it["prompt"] not in banned and it["prompt"] not in seen:
                     seen.add(it["prompt"])
                     out.append({k: it[k] for k in ("item_id", "prompt", "questions")})

@@ -135,6 +135,7 @@ class GRPOModule(pl.LightningModule):
         self.model, meta = load_generator(policy_ckpt, tokenizer_ckpt=tokenizer_ckpt)
         self.model.train()
         self.meta = meta
+        self.hparams["tokenizer_ckpt"] = meta.get("tokenizer_ckpt")  # resolved (BenchmarkCallback decodes with it)
         if not meta.get("tokenizer_ckpt"):
             raise ValueError(f"policy checkpoint {policy_ckpt} records no tokenizer; pass "
                              "--model.init_args.tokenizer_ckpt <tokenizer checkpoint>")
@@ -151,6 +152,12 @@ class GRPOModule(pl.LightningModule):
         self.trained_scale_counts = dict(meta.get("trained_scale_counts") or {})
         self.trained_tokenizer_fingerprint = meta.get("tokenizer_fingerprint")
         self._stalled = 0
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.trainer.world_size > 1 and self.hparams.inner_steps > 1:
+            # DDP syncs gradients once per wrapped forward; several backward passes in one step break it
+            raise ValueError(f"inner_steps={self.hparams.inner_steps} with {self.trainer.world_size} processes: "
+                             "under DDP use inner_steps 1 (one update per rollout batch)")
 
     # ------------------------------------------------------------------ frozen parts
     def _get(self, name: str):
