@@ -275,15 +275,18 @@ class Rewards(L.Callback):
 
 
 def test_red_pixel_reward_rises(ckpts):
-    """The GRPO sanity check: reward = fraction of red pixels; a tiny policy raises it in 40 CPU steps."""
+    """The GRPO sanity check: reward = fraction of red pixels. A tiny policy on a random tokenizer
+    (8 px images: 2 scales, 5 tokens; the random decoder's reddest single code covers about 16% of
+    the pixels) raises it within 20 rollout batches (40 updates) on CPU."""
     log = Rewards()
-    _fit(_module(ckpts, group_size=8, prefix_scales=None, beta=0.0), 40, callbacks=[log])
+    _fit(_module(ckpts, group_size=16, image_size=8, inner_steps=2, prefix_scales=None, beta=0.0), 40, callbacks=[log])
     r = [row["train/reward"] for row in log.rows]
-    assert len(r) == 40
-    assert np.mean(r[-8:]) > np.mean(r[:8]) + 0.015, r
+    assert len(r) == 20
+    assert np.mean(r[-4:]) > np.mean(r[:4]) + 0.02, r
     first = log.rows[0]
-    assert first["train/ratio"] == 1.0 and first["train/sampler_logp_gap"] < 1e-3
-    for key in ("train/kl", "train/clip_frac", "train/zero_var_frac", "train/entropy_scale_00", "train/kl_scale_03"):
+    assert first["train/sampler_logp_gap"] < 1e-3  # the loss's log-probs are the sampler's
+    for key in ("train/kl", "train/ratio", "train/clip_frac", "train/zero_var_frac", "train/entropy_scale_00",
+                "train/kl_scale_01", "train/groups_dropped"):
         assert key in first
 
 
