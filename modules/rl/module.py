@@ -345,12 +345,12 @@ class GRPOModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """ARModule's checkpoint keys (validate --ckpt_path with an AR config) plus the sampler
-        checkpoint's (load_generator: `ar_config`, the policy under the `model.` prefix)."""
+        """ARModule's checkpoint keys (validate --ckpt_path with an AR config; no "ar_alpha", so the AR
+        config's own loss reweighting stays) plus the sampler checkpoint's (load_generator:
+        `ar_config`, the policy under the `model.` prefix)."""
         c = self.model.config
         checkpoint["ar_vocab"] = {"text_vocab_size": c.text_vocab_size, "codebook_size": c.codebook_size,
                                   "vocab_size": c.vocab_size}
-        checkpoint["ar_alpha"] = 0.0
         checkpoint["ar_rope_layout"] = c.rope_layout
         checkpoint["ar_trained_scale_counts"] = {int(n): int(k) for n, k in self.trained_scale_counts.items()}
         checkpoint["ar_tokenizer_fingerprint"] = self.trained_tokenizer_fingerprint
