@@ -28,7 +28,7 @@ LIGHTNING_COMMANDS = {
 # stays light.)
 REGISTERED_CLASS_MODULES = (
     "datamodules.raw", "datamodules.pretokenized_dm",
-    "modules.tokenizer", "modules.ar.module",
+    "modules.tokenizer", "modules.ar.module", "modules.rl.module", "datamodules.prompts",
     "callbacks.scale_dropping", "callbacks.curriculum", "callbacks.evaluation",
 )
 PROJECT_COMMANDS = ("world", "pretokenize", "generate", "evaluate", "bench", "baselines", "report", "rescore", "sweep",

@@ -413,7 +413,8 @@ def load_generator(ckpt_path: str, map_location: str = "cpu",
     if isinstance(raw, dict) and "ar_config" in raw:
         # sampler checkpoints written before the RoPE layout was a config field used "sectioned"
         model = ARDecoder(ARConfig(**{"rope_layout": "sectioned", **raw["ar_config"]}))
-        model.load_state_dict(raw["state_dict"])
+        prefix = raw.get("ar_state_prefix", "")  # RL (GRPOModule) checkpoints: the policy under "model."
+        model.load_state_dict({k[len(prefix):]: v for k, v in raw["state_dict"].items() if k.startswith(prefix)})
         return model.to(map_location).eval(), {"tokenizer_ckpt": tokenizer_ckpt or raw.get("tokenizer_ckpt"),
                                                "text_tokenizer": raw.get("text_tokenizer", "bytes"),
                                                "text_tokenizer_path": raw.get("text_tokenizer_path"),
