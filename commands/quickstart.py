@@ -36,6 +36,9 @@ class Sizes:
     ar_switch_step: int | None  # curriculum: 64 px until here, then 128 px (None: 64 px throughout)
     ar_batches_per_epoch: int
     suite: dict  # evaluation.suite.SuiteConfig fields for validate
+    ar_alpha: float = 0.9  # NF's scale-aware loss reweighting (0 = uniform over tokens)
+    prompt_mix: float = 0.5  # fraction of the AR model's 64 px scenes that realise GenEval-template prompts
+    min_object_px: int = 24  # smallest object side in the 64 px scenes (3 tokens of the patch-8 tokenizer)
 
     @classmethod
     def named(cls, name: str) -> "Sizes":
@@ -51,10 +54,10 @@ class Sizes:
                        # carries the 64 px model to the 128 px grid it is scored on
                        ar_switch_step=None,
                        ar_batches_per_epoch=40,
-                       # scored at 128 px, where objects are several tokens wide (NF evaluates at
-                       # its final 1024 px); 64 prompts x 2 images keep both validate runs ~3 min
-                       suite={"geneval_limit": 64, "images_per_prompt": 2, "dpg_prompts": 8,
-                              "editcanvas_per_task": 1, "understanding_scenes": 8, "width": 128, "height": 128})
+                       # scored at 64 px, the resolution the AR model trains at (its scale embeddings
+                       # and scale counts are the trained ones); objects are min_object_px wide there
+                       suite={"geneval_limit": 96, "images_per_prompt": 2, "dpg_prompts": 8,
+                              "editcanvas_per_task": 1, "understanding_scenes": 8, "width": 64, "height": 64})
         if name == "toy":
             return cls(train_scenes=96, val_scenes=64, train128_scenes=16, geneval_images_per_prompt=1,
                        geneval_prompts=24, tokenizer_steps=(3, 2, 2), tokenizer_scale_drop=0.5, ar_steps=6,
@@ -121,18 +124,22 @@ def stage_world(sizes: Sizes) -> Callable[[Path], dict[str, Any]]:
         from commands.world import run as world
 
         # Training scenes in three aspect ratios (buckets), square validation scenes; 64 px. Objects
-        # are at least 16 px (two 8-px tokens) so that the tokenizer keeps their outlines. The
+        # are at least sizes.min_object_px (24 px: three 8-px tokens) so that the tokenizer keeps
+        # their outlines and the AR model's coarse scales see them (24 px is the largest with which
+        # every GenEval-template prompt, up to four objects, still lays out on 64x64). The
         # tokenizer trains on general scenes (like its validation set), its decoder also on 64 px
         # windows of the 128 px scenes (objects 4-6 tokens wide, as the AR model draws them); the AR
         # model's 64 px set has half its scenes realise GenEval-template prompts of another seed
         # (simple compositions a small AR model learns from in minutes). A shared, mixed set cost
         # the tokenizer's stage-2 agreement 0.64 -> 0.52.
-        common = dict(samples_per_shard=500, size_multiple=8, min_object_px=16)
+        common = dict(samples_per_shard=500, size_multiple=8, min_object_px=sizes.min_object_px)
         big = {**common, "min_object_px": 32}
         world(kind="scenes", out=str(stage_dir / "train"), num_samples=sizes.train_scenes, width=64, height=64,
               aspect_ratios=[0.5, 1.0, 2.0], seed=0, **common)
+        # square only: a left/right (above/below) prompt cannot place two objects of min_object_px
+        # side by side on the 48 px side of a 48x88 canvas
         train_ar = world(kind="scenes", out=str(stage_dir / "train_ar"), num_samples=sizes.train_scenes, width=64,
-                         height=64, aspect_ratios=[0.5, 1.0, 2.0], seed=1, prompt_mix=0.5, **common)
+                         height=64, seed=1, prompt_mix=sizes.prompt_mix, **common)
         world(kind="scenes", out=str(stage_dir / "val"), num_samples=sizes.val_scenes, width=64, height=64,
               seed=777, **common)
         world(kind="scenes", out=str(stage_dir / "train128"), num_samples=sizes.train128_scenes, width=128,
@@ -163,7 +170,7 @@ def stage_geneval_ground_truth(sizes: Sizes) -> Callable[[Path], dict[str, Any]]
         from evaluation.geneval import render_ground_truth_layout, score_geneval
 
         layout = render_ground_truth_layout(stage_dir / "images", images_per_prompt=sizes.geneval_images_per_prompt,
-                                            limit=sizes.geneval_prompts, size=128)
+                                            limit=sizes.geneval_prompts, size=sizes.suite.get("width", 64))
         results = score_geneval(layout)
         return {"layout": str(layout), "overall": results.overall, "per_task": results.task_scores}
 
@@ -204,8 +211,8 @@ def stage_tokenizer(k: int, sizes: Sizes, world: dict, previous: str | None) -> 
 
 
 def stage_tokenizer_val128(world: dict, checkpoint: str) -> Callable[[Path], dict[str, Any]]:
-    """The finished tokenizer's validation metrics on held-out 128 px scenes, the resolution the
-    AR model is evaluated at."""
+    """The finished tokenizer's validation metrics on held-out 128 px scenes (objects at least
+    32 px), next to its 64 px figures from stage 3."""
 
     def body(stage_dir: Path) -> dict[str, Any]:
         overlay = {"data": {"init_args": {"train_dir": None, "val_dir": world["val128"]}},
@@ -250,7 +257,7 @@ def stage_pretokenize(world: dict, tokenizer_ckpt: str) -> Callable[[Path], dict
 
 
 def _ar_overlay(sizes: Sizes, data: dict, tokenizer_ckpt: str, stage_dir: Path, callbacks: list[dict]) -> dict:
-    return {"model": {"init_args": {"tokenizer_ckpt": tokenizer_ckpt}},
+    return {"model": {"init_args": {"tokenizer_ckpt": tokenizer_ckpt, "alpha": sizes.ar_alpha}},
             "data": {"init_args": {"train_dirs": {"64": data["64"], "128": data["128"]}, "val_dir": data["val"],
                                    "batch_size": 8, "val_batch_size": 16}},
             "trainer": {"max_steps": sizes.ar_steps, "max_time": {"minutes": sizes.ar_minutes},
