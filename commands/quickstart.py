@@ -57,7 +57,8 @@ class Sizes:
                        # scored at 64 px, the resolution the AR model trains at (its scale embeddings
                        # and scale counts are the trained ones); objects are min_object_px wide there
                        suite={"geneval_limit": 96, "images_per_prompt": 2, "dpg_prompts": 8,
-                              "editcanvas_per_task": 1, "understanding_scenes": 8, "width": 64, "height": 64})
+                              "editcanvas_per_task": 1, "understanding_scenes": 8, "width": 64, "height": 64,
+                              "min_object_px": 24})
         if name == "toy":
             return cls(train_scenes=96, val_scenes=64, train128_scenes=16, geneval_images_per_prompt=1,
                        geneval_prompts=24, tokenizer_steps=(3, 2, 2), tokenizer_scale_drop=0.5, ar_steps=6,

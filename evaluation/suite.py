@@ -44,7 +44,9 @@ class SuiteConfig:
     geneval_prompts: GenEval-format jsonl (default: the world's 553 prompts); geneval_limit takes
     every k-th prompt so that a subset keeps the six tags' proportions. train_captions: shard
     directories the model trained on (raw or pretokenised); a GenEval prompt is "seen" if its text
-    is among their captions (None: the world's split rule decides)."""
+    is among their captions (None: the world's split rule decides). min_object_px: smallest object
+    side of the DPG and understanding scenes (None: the world's default), so a model trained on
+    larger objects is asked for scenes like the ones it learned."""
 
     geneval_prompts: str | None = None
     geneval_limit: int | None = None
@@ -56,6 +58,11 @@ class SuiteConfig:
     height: int = 64
     seed: int = 0
     train_captions: list[str] | None = None
+    min_object_px: float | None = None
+
+
+def _scene_kwargs(cfg: SuiteConfig) -> dict[str, Any]:
+    return {} if cfg.min_object_px is None else {"min_object_px": cfg.min_object_px}
 
 
 @functools.lru_cache(maxsize=4)
@@ -95,7 +102,7 @@ def run_dpg(gen: Generator, out: Path, cfg: SuiteConfig) -> dict:
     from evaluation.grids import image_grid
     from evaluation.shapes_vqa import ShapesOracleVQA
 
-    items = dpg_items(cfg.dpg_prompts, seed=cfg.seed, width=cfg.width, height=cfg.height)
+    items = dpg_items(cfg.dpg_prompts, seed=cfg.seed, width=cfg.width, height=cfg.height, **_scene_kwargs(cfg))
     out.mkdir(parents=True, exist_ok=True)
     write_dpg_csv(items, out / "dpg_questions.csv")
     images = {}
@@ -135,7 +142,8 @@ def run_editcanvas(gen: Generator, out: Path, cfg: SuiteConfig) -> dict:
 def run_understanding(gen: Generator, out: Path, cfg: SuiteConfig) -> dict:
     from evaluation.understanding import score_understanding, understanding_items
 
-    items = understanding_items(cfg.understanding_scenes, seed=cfg.seed, width=cfg.width, height=cfg.height)
+    items = understanding_items(cfg.understanding_scenes, seed=cfg.seed, width=cfg.width, height=cfg.height,
+                                **_scene_kwargs(cfg))
     res = score_understanding(items, gen.answer)
     out.write_text(json.dumps({k: v for k, v in res.items()}, indent=1, default=str))
     return {k: v for k, v in res.items() if k not in ("records",)}
