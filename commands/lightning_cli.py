@@ -153,6 +153,16 @@ class _ParseOnly(ProjectCLI):
         raise _Parsed(self.config)
 
 
+# jsonargparse's union-type boilerplate around the one line that says what is wrong
+_BOILERPLATE = ("Does not validate against any of the Union subtypes", "Subtypes:", "Errors:",
+                "- Expected a <class 'NoneType'>", "Given value type:", "Given value:")
+
+
+def _compact(message: str) -> str:
+    lines = [line.strip() for line in message.strip().splitlines()]
+    return " ".join(line.removeprefix("- ") for line in lines if line and not line.startswith(_BOILERPLATE))
+
+
 def parse_config(args: list[str]) -> dict[str, Any]:
     """The merged, validated config that `main.py <args>` would run with (nothing instantiated),
     as plain dicts; args start with the subcommand (`["fit", "--config", ...]`). A config that
@@ -166,6 +176,5 @@ def parse_config(args: list[str]) -> dict[str, Any]:
     except Exception as err:  # jsonargparse.ArgumentError and friends
         if isinstance(err, UsageError):
             raise
-        message = str(err).strip().splitlines()
-        raise UsageError(" ".join(line.strip() for line in message[:6])) from err
+        raise UsageError(_compact(str(err))) from err
     raise AssertionError("unreachable: _ParseOnly always raises")
