@@ -9,10 +9,7 @@ unconditional branch used by classifier-free guidance (NF §4).
 """
 from __future__ import annotations
 
-import numpy as np
-import torch
-
-from modules.common.sequence import ImageSeg, TextSeg, split_scales
+from modules.common.sequence import ImageSeg, TextSeg
 from modules.common.vocab import UnifiedVocab
 from modules.common.scale_schedule import ScaleSchedule
 
@@ -42,34 +39,3 @@ def interleaved(vocab: UnifiedVocab, items: list) -> list:
         else:
             segs.append(TextSeg(list(it), loss=True))
     return segs
-
-
-def from_pretokenized(sample: dict, vocab: UnifiedVocab, text_ids: list[int], *, variant: int | None = 0,
-                      expected_codebook: int | None = None, generator: torch.Generator | None = None) -> list:
-    """Segments of one sample from `datamodules.pretokenized.read_pretokenized` ({"json",
-    "targets" (T,), "inputs" (V, T), "variant_targets" (V, T)}; raw "targets.npy"/"inputs.npy"
-    keys are accepted too). `variant`: which self-corrected input row (None: drawn at random);
-    its paired targets are used, since self-corrected targets depend on the corrupted history."""
-    meta = sample["json"]
-    K = meta.get("codebook_size")
-    if expected_codebook is not None and K is not None and K != expected_codebook:
-        raise ValueError(f"pretokenised sample {sample.get('key', sample.get('__key__', '?'))} has codebook_size {K} "
-                         f"but the AR model expects {expected_codebook}; re-run pretokenize with the matching tokenizer")
-    schedule = ScaleSchedule(tuple(tuple(g) for g in meta["grids"]))
-    T = schedule.token_count
-    targets = np.asarray(sample["targets"] if "targets" in sample else sample["targets.npy"]).reshape(-1, T)
-    raw_inputs = sample.get("inputs", sample.get("inputs.npy"))
-    inputs = None
-    if raw_inputs is not None:
-        rows = np.asarray(raw_inputs).reshape(-1, T)
-        v = int(torch.randint(len(rows), (), generator=generator)) if variant is None else variant % len(rows)
-        paired = np.asarray(sample.get("variant_targets", targets)).reshape(-1, T)
-        targets = paired[v % len(paired)]
-        inputs = split_scales(torch.from_numpy(rows[v].astype(np.int64)), schedule)
-    targets = split_scales(torch.from_numpy(np.asarray(targets).reshape(-1)[:T].astype(np.int64)), schedule)
-    task = meta.get("task", "t2i")
-    if task == "t2i":
-        return t2i(vocab, text_ids, schedule, targets, inputs)
-    if task == "i2t":
-        return i2t(vocab, schedule, targets, text_ids)
-    raise ValueError(f"pretokenised task {task!r} is not supported by from_pretokenized (t2i, i2t)")
