@@ -46,9 +46,8 @@ QUIET_WARNINGS = (
     r"The number of training batches \(\d+\) is smaller than the logging interval",
     r"Checkpoint directory .* exists and is not empty",     # save_last overwrites last.ckpt on purpose
     r"Experiment logs directory .* exists and is not empty",
-    r"You called `self.log\(.*\)` but have no logger configured",
-    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
-    r"Starting from v1.9.0, `tensorboardX` has been removed",
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",       # inside Lightning itself
+    r"You have overridden `transfer_batch_to_device` in `LightningModule`",   # ARModule does, on purpose
 )
 QUIET_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
                  "lightning.pytorch.accelerators.cuda", "lightning.fabric.utilities.seed")
@@ -111,9 +110,9 @@ def expand_compose(argv: list[str]) -> list[str]:
 
 
 class ProjectCLI(LightningCLI):
-    """LightningCLI in subclass mode for model and datamodule, with `compose:` expansion, the
-    `omegaconf+` parser mode (`${...}` resolved after every layer is merged), and Lightning's
-    rich progress bar unless the config turns the bar off."""
+    """LightningCLI in subclass mode for model and datamodule, with `compose:` expansion and the
+    `omegaconf+` parser mode (`${...}` resolved after every layer is merged). The progress bar is
+    Lightning's own (its RichProgressBar, rich being installed) unless a config turns it off."""
 
     def __init__(self, args: Optional[list[str]] = None, run: bool = True, **kwargs: Any):
         register_classes()
@@ -130,15 +129,6 @@ class ProjectCLI(LightningCLI):
         # (LightningCLI's own version warns whenever args are given while sys.argv is not empty,
         # which is always the case under main.py.)
         self.config = parser.parse_args(expand_compose(list(sys.argv[1:] if args is None else args)))
-
-    def instantiate_trainer(self, **kwargs: Any):
-        from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
-
-        trainer = (self.config_init[self.subcommand] if self.subcommand else self.config_init)["trainer"]
-        callbacks = list(trainer.get("callbacks") or [])
-        if trainer.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
-            trainer["callbacks"] = [*callbacks, RichProgressBar()]
-        return super().instantiate_trainer(**kwargs)
 
 
 class _Parsed(Exception):
