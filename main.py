@@ -1,12 +1,12 @@
 """NextFlow experiment system: one entry point.
 
-    python main.py fit|validate|test|predict --config configs/experiment/<name>.yaml   (Lightning CLI)
-    python main.py <project command> --config <file.yaml> [--key value ...]             (see --help)
+    python main.py fit|validate --config configs/experiment/<name>.yaml   (Lightning CLI)
+    python main.py <project command> --config <file.yaml> [--key value ...]  (see --help)
 
-Lightning subcommands run in subclass mode for both model and datamodule, so configs name
-classes by short name (`class_path: TokenizerModule`) because `modules` and `datamodules`
-are imported here first. `omegaconf+` parser mode resolves `${...}` interpolation after all
-`--config` files are merged (REFERENCE.md, "Pitfalls": plain `omegaconf` does not cross files).
+Lightning subcommands run through commands/lightning_cli.py (ProjectCLI): subclass mode for both
+model and datamodule, `compose:` lists in experiment files expanded into layered `--config` files,
+`omegaconf+` parser mode (`${...}` resolved after all layers are merged; REFERENCE.md, "Pitfalls"),
+and library chatter silenced in one place (commands.lightning_cli.quiet_lightning).
 """
 from __future__ import annotations
 
@@ -17,22 +17,16 @@ import sys
 
 # Lightning subcommands and what they do (the CLI's own help has the details).
 LIGHTNING_COMMANDS = {
-    "fit": "Train a module (tokenizer, AR, GRPO, refiner) from a config",
-    "validate": "Run a module's validation loop / benchmark suite for a checkpoint",
-    "test": "Run a module's test loop",
-    "predict": "Run a module's predict loop",
+    "fit": "Train a module (the tokenizer or the AR model) from a config",
+    "validate": "Run a module's validation loop for a checkpoint (AR: with the benchmark suite)",
+}
+# Lightning subcommands this project does not offer, and what to run instead.
+NOT_OFFERED = {
+    "test": "no module has a test split or test_step; `main.py validate` scores the held-out split",
+    "predict": "no module has predict_step; `main.py generate` makes images and answers for a prompt file",
 }
 # Project subcommands live in commands/<name>.py and are listed here in the order of the pipeline.
-# Modules whose LightningModules / LightningDataModules / callbacks configs may name by short class name.
-# (Listed here rather than imported by the package __init__s, so that `import shapes`
-# stays light.)
-REGISTERED_CLASS_MODULES = (
-    "datamodules.raw", "datamodules.pretokenized_dm",
-    "modules.tokenizer", "modules.ar.module", "modules.rl.module", "datamodules.prompts",
-    "callbacks.scale_dropping", "callbacks.curriculum", "callbacks.evaluation",
-)
-PROJECT_COMMANDS = ("world", "pretokenize", "generate", "evaluate", "bench", "baselines", "report", "rescore", "sweep",
-                    "quickstart")
+PROJECT_COMMANDS = ("world", "pretokenize", "generate", "bench", "baselines", "report", "rescore", "sweep", "quickstart")
 
 
 def _available_project_commands() -> dict[str, str]:
@@ -85,23 +79,18 @@ def run_project_command(name: str, argv: list[str]) -> int:
     return 0
 
 
-def run_lightning(argv: list[str]) -> None:
-    from lightning.pytorch import LightningDataModule, LightningModule
-    from lightning.pytorch.cli import LightningCLI
+def run_lightning(argv: list[str]) -> int:
+    """`fit` / `validate` through the project's LightningCLI (config composition, quiet logs)."""
+    from commands import UsageError
+    from commands.lightning_cli import ProjectCLI, quiet_lightning
 
-    # Subclass mode finds classes by short name only once their modules are imported.
-    for name in REGISTERED_CLASS_MODULES:
-        importlib.import_module(name)
-
-    LightningCLI(
-        LightningModule,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        args=argv,
-        parser_kwargs={"parser_mode": "omegaconf+"},
-        save_config_kwargs={"overwrite": True},
-    )
+    quiet_lightning()
+    try:
+        ProjectCLI(args=argv)
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,12 +104,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: command {argv[0]!r} is not built yet in this checkout", file=sys.stderr)
             return 2
         return run_project_command(argv[0], argv[1:])
+    if argv[0] in NOT_OFFERED:
+        print(f"error: `main.py {argv[0]}` is not offered: {NOT_OFFERED[argv[0]]}", file=sys.stderr)
+        return 2
     if argv[0] not in LIGHTNING_COMMANDS:
         known = ", ".join([*LIGHTNING_COMMANDS, *_available_project_commands()])
         print(f"error: unknown command {argv[0]!r}; choose one of: {known}", file=sys.stderr)
         return 2
-    run_lightning(argv)
-    return 0
+    return run_lightning(argv)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Project subcommands dispatched by `main.py` (world, pretokenize, generate, evaluate, ...).
+"""Project subcommands dispatched by `main.py` (world, pretokenize, generate, sweep, ...).
 
 Each `commands/<name>.py` defines `run(...)` with typed, defaulted parameters and a docstring
 whose first line is its one-line help; `main.py` runs it through jsonargparse, so every command

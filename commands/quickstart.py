@@ -228,18 +228,10 @@ def stage_tokenizer_val128(world: dict, checkpoint: str) -> Callable[[Path], dic
 
 def _last_val_metrics(stage_dir: Path) -> dict[str, float]:
     """The last logged value of every val/* column of the stage's CSV log."""
-    import csv
+    from modules.common.metrics_csv import last_metrics
 
     path = stage_dir / "metrics.csv"
-    if not path.is_file():
-        return {}
-    last: dict[str, float] = {}
-    with open(path) as f:
-        for row in csv.DictReader(f):
-            for key, value in row.items():
-                if key.startswith("val") and value not in ("", None):
-                    last[key] = float(value)
-    return last
+    return last_metrics(path, prefix="val") if path.is_file() else {}
 
 
 def stage_pretokenize(world: dict, tokenizer_ckpt: str) -> Callable[[Path], dict[str, Any]]:

@@ -3,30 +3,33 @@
 A sweep file (every key is a parameter of `run` below):
 
     name: ablations
-    base: [configs/experiment/ar_shapes.yaml]        # experiment config(s), layered left to right
+    base: [configs/experiment/ar_shapes_t2i.yaml]    # experiment config(s), layered left to right
     fixed: {trainer.max_steps: 300}                   # overrides shared by every point (optional)
     grid:                                             # cartesian product over dotted keys ...
-      model.init_args.loss_alpha: [0.9, 0.0]
-      model.init_args.input_mode: [residual, accumulated]
+      model.init_args.alpha: [0.9, 0.0]
+      model.init_args.overrides.visual_inputs: [residual, accumulated]
     list:                                             # ... and/or explicit points
-      - {name: no_self_correction, model.init_args.self_correct: 0.0}
+      - {name: no_self_correction, model.init_args.self_correct: false}
     out_dir: runs/sweeps/ablations                    # default runs/sweeps/<name>
 
 Each point runs as a subprocess, by default
     python main.py fit --config <base>... [--config <run_dir>/sweep_point.yaml] --key=value...
 (`command` replaces the first part; `{python}`, `{root}` and `{run_dir}` are filled in), with its
 output in <run_dir>/log.txt. trainer.default_root_dir and every logger save_dir / checkpoint
-dirpath found in the base config are pointed at <out_dir>/<run_name> so points never share files. <run_dir>/status.json records the overrides, command, status
+dirpath found in the base config are pointed at <out_dir>/<run_name> so points never share files.
+Configs are merged and validated by the project's Lightning CLI parser
+(commands.lightning_cli.parse_config): the base files (`compose:` expanded), then every point's
+keys and values, checked as `main.py fit` would check them before anything runs, so a point
+means exactly what `fit --config <base>... --key=value` means. <run_dir>/status.json records
+the overrides, command, status
 (done / failed), wall time, the error tail of a failed run and its metrics (the run's
 metrics.json and the last value of every column of its Lightning CSV log). <out_dir>/sweep.json
 collects all points; `python main.py report <out_dir>` turns it into one comparison report.
 A failing point is marked failed and the sweep goes on. Rerunning the same command resumes:
-finished points are skipped (failed ones are retried unless --retry_failed false). Every dotted
-key is checked against the merged base config before anything runs.
+finished points are skipped (failed ones are retried unless --retry_failed false).
 """
 from __future__ import annotations
 
-import csv
 import difflib
 import itertools
 import json
@@ -41,6 +44,8 @@ from typing import Any, Optional, Union
 import yaml
 
 from commands import UsageError
+from commands.lightning_cli import parse_config
+from modules.common.metrics_csv import last_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_COMMAND = ["{python}", "{root}/main.py", "fit"]
@@ -49,27 +54,25 @@ SWEEP_FILE, STATUS_FILE = "sweep.json", "status.json"
 
 
 # ----------------------------------------------------------------------------- config handling
-def merge(a: dict, b: dict) -> dict:
-    """Deep merge, b over a (dicts merge, everything else replaces), like layered --config files."""
-    out = dict(a)
-    for key, value in b.items():
-        out[key] = merge(out[key], value) if isinstance(out.get(key), dict) and isinstance(value, dict) else value
-    return out
+def config_args(base: list[str]) -> list[str]:
+    for path in base:
+        if not Path(path).is_file():
+            raise UsageError(f"sweep base config {path!r} not found (paths are relative to {os.getcwd()})")
+    return [arg for path in base for arg in ("--config", path)]
 
 
 def load_base(paths: list[str]) -> dict:
-    merged: dict = {}
-    for path in paths:
-        if not Path(path).is_file():
-            raise UsageError(f"sweep base config {path!r} not found (paths are relative to {os.getcwd()})")
-        merged = merge(merged, yaml.safe_load(Path(path).read_text()) or {})
-    return merged
+    """The base configs merged and validated by the Lightning CLI's own parser (`compose:`
+    expanded, defaults filled in): what `main.py fit --config a --config b` would run."""
+    return parse_config(["fit", *config_args(paths)])
 
 
 def check_key(config: Any, key: str, where: str) -> None:
     """Raise UsageError unless the dotted key exists in the config (list items by index)."""
     node, walked = config, []
     for part in key.split("."):
+        if node is None:  # an unset dict-typed argument (e.g. ARModule overrides): the parser checks the rest
+            return
         if isinstance(node, dict) and part in node:
             node = node[part]
         elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
@@ -149,43 +152,44 @@ def expand_points(grid: Optional[dict[str, list]], points: Optional[list[dict]])
 
 
 # ----------------------------------------------------------------------------- one point
-def build_command(template: list[str], base: list[str], overrides: dict[str, Any], run_dir: Path,
-                  config: dict | None = None) -> list[str]:
-    """template + --config per base file + overrides. A key through a list (trainer.callbacks.1...)
-    cannot be a command-line flag, so those go into <run_dir>/sweep_point.yaml as whole top-level
-    sections (copied from the merged base, then changed), passed as the last --config."""
-    fill = {"python": sys.executable, "root": str(ROOT), "run_dir": str(run_dir)}
-    command = [part.format(**fill) for part in template]
-    for path in base:
-        command += ["--config", path]
+def split_overrides(overrides: dict[str, Any], config: dict) -> tuple[dict, dict[str, Any]]:
+    """(point config, flag overrides). A key through a list (trainer.callbacks.1...) cannot be a
+    command-line flag: the list is copied whole from the merged base config into the point config
+    and changed there (jsonargparse replaces a list by a later one, keeping each item's class)."""
     flat = {k: v for k, v in overrides.items() if not any(p.isdigit() for p in k.split("."))}
-    listed = {k: v for k, v in overrides.items() if k not in flat}
-    if listed:
-        import copy
+    point: dict = {}
+    for key, value in overrides.items():
+        if key in flat:
+            continue
+        parts = key.split(".")
+        at = next(i for i, p in enumerate(parts) if p.isdigit())
+        node, source = point, config
+        for part in parts[:at - 1]:
+            node, source = node.setdefault(part, {}), source[part]
+        node.setdefault(parts[at - 1], json.loads(json.dumps(source[parts[at - 1]], default=str)))
+        set_key(point, key, value)
+    return point, flat
 
-        point = {}
-        for key, value in listed.items():
-            top = key.split(".")[0]
-            point.setdefault(top, copy.deepcopy((config or {}).get(top)))
-            set_key(point, key, value)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / POINT_CONFIG).write_text(yaml.safe_dump(point, sort_keys=False))
-        command += ["--config", str(run_dir / POINT_CONFIG)]
-    return command + [f"--{key}={cli_value(value)}" for key, value in flat.items()]
+
+def point_args(base: list[str], overrides: dict[str, Any], config: dict, point_file: Optional[Path]) -> list[str]:
+    """--config per base file, the point config (written to point_file; None: passed inline as a
+    YAML string, for validation), then one --key=value flag per plain key."""
+    point, flat = split_overrides(overrides, config)
+    args = config_args(base)
+    if point:
+        text = yaml.safe_dump(point, sort_keys=False)
+        if point_file is not None:
+            point_file.parent.mkdir(parents=True, exist_ok=True)
+            point_file.write_text(text)
+        args += ["--config", str(point_file) if point_file is not None else text]
+    return args + [f"--{key}={cli_value(value)}" for key, value in flat.items()]
 
 
-def read_metrics_csv(path: Path) -> dict[str, float]:
-    """Last non-empty value of every column of a Lightning CSVLogger metrics.csv."""
-    last: dict[str, float] = {}
-    with path.open(newline="") as f:
-        for row in csv.DictReader(f):
-            for key, value in row.items():
-                if key and value not in (None, ""):
-                    try:
-                        last[key] = float(value)
-                    except ValueError:
-                        pass
-    return last
+def build_command(template: list[str], base: list[str], overrides: dict[str, Any], run_dir: Path,
+                  config: dict) -> list[str]:
+    """template + point_args (the point config at <run_dir>/sweep_point.yaml)."""
+    fill = {"python": sys.executable, "root": str(ROOT), "run_dir": str(run_dir)}
+    return [part.format(**fill) for part in template] + point_args(base, overrides, config, run_dir / POINT_CONFIG)
 
 
 def collect_metrics(run_dir: Path) -> dict[str, Any]:
@@ -199,7 +203,7 @@ def collect_metrics(run_dir: Path) -> dict[str, Any]:
             out["json_error"] = f"{jsons[0]}: {err}"
     csvs = sorted(run_dir.rglob("metrics.csv"), key=lambda p: p.stat().st_mtime)
     if csvs:
-        out["csv"] = read_metrics_csv(csvs[-1])
+        out["csv"] = last_metrics(csvs[-1])
         out["csv_path"] = str(csvs[-1].relative_to(run_dir))
     return out
 
@@ -261,6 +265,11 @@ def run(base: Optional[Union[str, list[str]]] = None, grid: Optional[dict[str, l
     for key in {**(fixed or {}), **{k: v for _, o in points for k, v in o.items()}}:
         check_key(config, key, where)
     out = Path(out_dir or f"runs/sweeps/{name}")
+    for run_name_, overrides in points:  # every point parses, as `main.py fit` would parse it, before any runs
+        try:
+            parse_config(["fit", *point_args(base, {**(fixed or {}), **overrides}, config, None)])
+        except UsageError as err:
+            raise UsageError(f"sweep point {run_name_} does not parse ({where}): {err}") from err
     template = command or DEFAULT_COMMAND
     record = {"kind": "sweep", "name": name, "base": base, "fixed": fixed or {}, "grid": grid, "list": list,
               "command": template, "points": []}

@@ -1,2 +1,2 @@
-"""LightningDataModules and the data they read and write. main.py imports the datamodule
-modules it registers for short class names (REGISTERED_CLASS_MODULES); this package stays light."""
+"""LightningDataModules and the data they read and write. The Lightning CLI
+(commands/lightning_cli.py, REGISTERED_CLASS_MODULES) imports the modules configs name classes from; this package stays light."""

@@ -5,15 +5,14 @@ A detector is anything with `detect(image: H x W x 3 uint8) -> list[dict]` retur
 (notes/CONTRACTS.md). A colour classifier is anything with
 `classify(image, detections, class_name) -> list[str]` (one colour name per detection).
 
-Backends are chosen in config by a registry name ("oracle", "mask2former", "detection",
-"clip") or a `package.module.ClassName` path (built by evaluation.backends.load_backend, which
+Backends are chosen in config by a registry name ("oracle", "detection", "clip") or a
+`package.module.ClassName` path (built by evaluation.backends.load_backend, which
 checks that path-like arguments exist locally), with keyword arguments:
     detector: {class_path: oracle}
     detector: {class_path: my_pkg.detectors.MyDetector, init_args: {weights: /models/x.pth}}
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Callable, Protocol, runtime_checkable
 
 import numpy as np
@@ -38,33 +37,6 @@ class DetectionColor:
         return [str(d.get("color")) for d in detections]
 
 
-class Mask2FormerDetector:
-    """Placeholder for the official GenEval detector (Mask2Former Swin-S, COCO, via mmdetection).
-
-    Not implemented here: mmdet is not a dependency of this project. Plug a real detector by
-    writing a class with `detect(image)` (mmdet's `init_detector(config, checkpoint)` +
-    `inference_detector`, converting its per-class (boxes, masks) to detections) and naming it in
-    config by class path.
-    """
-
-    def __init__(self, config_path: str = "", checkpoint_path: str = ""):
-        for what, path in (("config", config_path), ("checkpoint", checkpoint_path)):
-            if not path or not os.path.exists(path):
-                raise FileNotFoundError(
-                    f"Mask2Former {what} not found at {path!r}. This project ships no mmdet backend: "
-                    "install mmdet, put the GenEval weights "
-                    "(mask2former_swin-s-p4-w7-224_lsj_8x2_50e_coco.pth) "
-                    "at a local path and register a class with detect(image) -> list[dict] "
-                    "(see evaluation/detectors.py), or use detector 'oracle' for the Shapes world.")
-        raise NotImplementedError(
-            "Mask2FormerDetector is an interface placeholder: wrap mmdet.apis.init_detector / "
-            "inference_detector "
-            "in a class with detect(image) and pass its class path in config.")
-
-    def detect(self, image: np.ndarray) -> list[dict]:  # pragma: no cover - never constructed
-        raise NotImplementedError
-
-
 def _oracle(**kwargs: Any) -> Detector:
     from shapes.oracle import OracleConfig, OracleDetector
     return OracleDetector(OracleConfig(**kwargs)) if kwargs else OracleDetector()
@@ -75,7 +47,14 @@ def _clip(**kwargs: Any) -> ColorClassifier:
     return ClipColorClassifier(**kwargs)
 
 
-DETECTORS: dict[str, Callable[..., Detector]] = {"oracle": _oracle, "mask2former": Mask2FormerDetector}
+DETECTORS: dict[str, Callable[..., Detector]] = {"oracle": _oracle}
+# Official GenEval scores real photos with Mask2Former (Swin-S, COCO) through mmdetection, which is
+# not a dependency here: a name that users may try gets an answer saying how to plug it in.
+UNAVAILABLE = {"mask2former": "GenEval's Mask2Former detector needs mmdetection (pip install mmdet) and the "
+                              "weights mask2former_swin-s-p4-w7-224_lsj_8x2_50e_coco.pth on a local path; "
+                              "wrap mmdet.apis.init_detector / inference_detector in a class with "
+                              "detect(image) -> list[dict] and name it by class path (init_args: the local "
+                              "config and checkpoint paths); the Shapes world uses detector 'oracle'"}
 COLOR_CLASSIFIERS: dict[str, Callable[..., ColorClassifier]] = {"detection": DetectionColor, "clip": _clip}
 
 
@@ -92,6 +71,8 @@ def _build(spec: Any, registry: dict[str, Callable[..., Any]], method: str, kind
     name, kwargs = spec["class_path"], dict(spec.get("init_args") or {})
     if name in registry:
         return registry[name](**kwargs)
+    if name in UNAVAILABLE:
+        raise ValueError(f"{kind} {name!r} is not built in: {UNAVAILABLE[name]}")
     if "." not in name:
         raise ValueError(f"unknown {kind} {name!r}; use one of {', '.join(registry)} "
                          f"or a module.ClassName path")

@@ -15,7 +15,6 @@ Plots use matplotlib's Agg backend; image grids are composed with PIL (evaluatio
 """
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -29,12 +28,11 @@ from typing import Any
 
 import numpy as np
 
+from evaluation.suite import NOT_BENCHMARKS, headline  # noqa: F401 (headline: used by commands.report)
+from modules.common.metrics_csv import read_metrics_columns
+
 SCALE_LOSS = re.compile(r"loss_scale_(\d+)|scale_(\d+)_loss")   # train/loss_scale_03, val/scale_03_loss
 BENCHMARK_COLUMN = re.compile(r"(geneval|dpg|editcanvas|fid|clip)", re.IGNORECASE)
-COUNT_KEYS = ("n", "num_prompts", "num_samples", "images", "prompts", "seconds")
-# metrics.json bookkeeping and settings, not scores
-NOT_BENCHMARKS = ("env", "suite", "step", "epoch", "previous", "settings", "scales", "sampling", "checkpoint",
-                  "untrained_scales", "untrained_scale_counts", "trained_scale_counts", "alpha", "resolution")
 BENCHMARK_FILES = {"dpg_results.json": "dpg", "editcanvas_results.json": "editcanvas"}
 
 
@@ -67,18 +65,8 @@ def classify_dir(root: Path) -> str:
 
 def read_csv_columns(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """column -> (steps, values) over the rows where the column is filled (Lightning's sparse CSV)."""
-    series: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    with path.open(newline="") as f:
-        for index, row in enumerate(csv.DictReader(f)):
-            step = float(row.get("step") or index)
-            for key, value in row.items():
-                if key in ("step", "epoch") or not key or value in (None, ""):
-                    continue
-                try:
-                    series[key].append((step, float(value)))
-                except ValueError:
-                    pass
-    return {k: (np.array([s for s, _ in v]), np.array([x for _, x in v])) for k, v in series.items()}
+    return {k: (np.array([s for s, _ in v]), np.array([x for _, x in v]))
+            for k, v in read_metrics_columns(path).items()}
 
 
 def newest(paths) -> Path | None:
@@ -140,23 +128,6 @@ def benchmark_tables(metrics: dict) -> list[tuple[str, list[str], list[list[Any]
             else:
                 tables.append((f"{bench} / {name}", [name, "value"], [[k, v] for k, v in flatten(sub).items()]))
     return tables
-
-
-def headline(metrics: dict) -> dict[str, float]:
-    """Top-level numbers of each benchmark ("geneval/overall", "dpg/dpg", ...)."""
-    out = {}
-    for bench, section in metrics.items():
-        if bench in NOT_BENCHMARKS:
-            continue
-        if isinstance(section, dict):
-            for key, value in section.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in COUNT_KEYS:
-                    out[f"{bench}/{key}"] = float(value)
-                elif isinstance(value, dict) and value.get("status") == "ok" and "value" in value:
-                    out[f"{bench}/{key}"] = float(value["value"])
-        elif isinstance(section, (int, float)) and not isinstance(section, bool):
-            out[bench] = float(section)
-    return out
 
 
 def last_logged(run: dict) -> dict[str, float]:

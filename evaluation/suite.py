@@ -209,23 +209,41 @@ def rescore_suite(out_dir: str | Path) -> dict[str, Any]:
     return metrics
 
 
+# metrics.json bookkeeping (not scores), and per-benchmark counts (not scores either)
+NOT_BENCHMARKS = ("env", "suite", "step", "epoch", "previous", "settings", "scales", "sampling", "checkpoint",
+                  "untrained_scales", "untrained_scale_counts", "trained_scale_counts", "alpha", "resolution",
+                  "baseline")
+COUNT_KEYS = ("n", "num_prompts", "num_samples", "images", "prompts", "seconds")
+HEADLINE_NAMES = {"dpg/dpg": "dpg/score"}   # DPG's own name for its score is "dpg"
+
+
 def headline(metrics: dict[str, Any]) -> dict[str, float]:
-    """The scalar per benchmark that goes into logs and tables."""
-    out = {}
-    if "geneval" in metrics:
-        out["geneval/overall"] = float(metrics["geneval"]["overall"])
-        for task, score in metrics["geneval"].get("tasks", {}).items():
-            out[f"geneval/{task}"] = float(score)
-        for part in ("seen", "unseen", "held_out"):
-            summary = metrics["geneval"].get(part) or {}
-            if summary.get("overall") is not None:
-                out[f"geneval/{part}/overall"] = float(summary["overall"])
-                for task, score in summary.get("tasks", {}).items() if part != "held_out" else ():
-                    out[f"geneval/{part}/{task}"] = float(score)
-    if "dpg" in metrics:
-        out["dpg/score"] = float(metrics["dpg"]["dpg"])
-    if "editcanvas" in metrics:
-        out["editcanvas/overall"] = float(metrics["editcanvas"]["overall"])
-    if "understanding" in metrics:
-        out["understanding/overall"] = float(metrics["understanding"]["overall"])
+    """The scalars of a metrics.json that go into logs, tables and reports: every numeric
+    top-level value of each benchmark section as "<benchmark>/<key>" (counts left out; DPG's
+    score as "dpg/score"), GenEval's per-task scores as "geneval/<task>", and sections that
+    record {"status": "ok", "value": x} (FID/CLIP) by their value."""
+    out: dict[str, float] = {}
+    for bench, section in metrics.items():
+        if bench in NOT_BENCHMARKS:
+            continue
+        if isinstance(section, (int, float)) and not isinstance(section, bool):
+            out[bench] = float(section)
+            continue
+        if not isinstance(section, dict):
+            continue
+        for key, value in section.items():
+            name = HEADLINE_NAMES.get(f"{bench}/{key}", f"{bench}/{key}")
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in COUNT_KEYS:
+                out[name] = float(value)
+            elif isinstance(value, dict) and value.get("status") == "ok" and "value" in value:
+                out[name] = float(value["value"])
+        if bench == "geneval":
+            for task, score in (section.get("tasks") or {}).items():
+                out[f"geneval/{task}"] = float(score)
+            for part in ("seen", "unseen", "held_out"):  # the held-out split (shapes/split.py)
+                summary = section.get(part) or {}
+                if summary.get("overall") is not None:
+                    out[f"geneval/{part}/overall"] = float(summary["overall"])
+                    for task, score in summary.get("tasks", {}).items() if part != "held_out" else ():
+                        out[f"geneval/{part}/{task}"] = float(score)
     return out

@@ -140,20 +140,6 @@ def test_bad_input_errors_name_values():
         b.build(tasks.t2i(V, [65], SCH, codes))
     with pytest.raises(ValueError, match="13 codes .* 14 tokens"):
         split_scales(torch.zeros(13), SCH)
-    with pytest.raises(ValueError, match="codebook_size 32 .* expects 16"):
-        tasks.from_pretokenized({"json": {"codebook_size": 32, "grids": [[1, 1]]}, "targets": [0]},
-                                V, [65], expected_codebook=16)
-
-
-def test_from_pretokenized_pairs_inputs_with_variant_targets():
-    b, _, codes = _setup()
-    flat = torch.cat([c.reshape(-1) for c in codes]).numpy()
-    sample = {"json": {"codebook_size": 16, "grids": [list(g) for g in SCH.grids], "task": "t2i"},
-              "targets": flat, "inputs": flat[None].repeat(2, 0) * 0 + 3, "variant_targets": (flat[None] + [[0], [1]]) % 16}
-    segs = tasks.from_pretokenized(sample, V, [65], variant=1, expected_codebook=16)
-    img = segs[-1]
-    assert torch.equal(torch.cat([t.reshape(-1) for t in img.targets]), torch.from_numpy((flat + 1) % 16))
-    assert set(torch.cat([t.reshape(-1) for t in img.inputs]).tolist()) == {3}
 
 
 def test_build_index_has_the_build_layout_for_every_task():

@@ -10,7 +10,7 @@ from shapes.geometry import geneval_relations
 from shapes.prompts import geneval_prompts, scene_for_prompt
 from shapes.render import render
 from evaluation.clip_color import ClipColorClassifier, GENEVAL_COLORS, masked_crop
-from evaluation.detectors import Mask2FormerDetector, load_color_classifier, load_detector
+from evaluation.detectors import load_color_classifier, load_detector
 from evaluation.geneval import (GenEvalResults, evaluate_image, filter_detections, geneval_reward, load_metadata,
                                 relative_position, render_ground_truth_layout, score_geneval, summarize,
                                 write_geneval_layout)
@@ -279,10 +279,10 @@ def test_backend_loading_and_clear_errors(tmp_path):
     assert isinstance(load_detector({"class_path": "shapes.oracle.OracleDetector"}), OracleDetector)
     with pytest.raises(ValueError, match="unknown detector 'yolo'"):
         load_detector("yolo")
-    with pytest.raises(FileNotFoundError, match="/models/m2f.pth"):
-        Mask2FormerDetector(str(tmp_path), "/models/m2f.pth")
+    with pytest.raises(ValueError, match=r"'mask2former' is not built in: .*pip install mmdet.*local path"):
+        load_detector("mask2former")
     with pytest.raises(ValueError, match="/models/x.pth"):   # class paths: shared loader checks local paths
-        load_detector({"class_path": "evaluation.detectors.Mask2FormerDetector",
+        load_detector({"class_path": "shapes.oracle.OracleDetector",
                        "init_args": {"checkpoint_path": "/models/x.pth"}})
     with pytest.raises(FileNotFoundError, match="/no/clip/ViT-L-14.pt"):
         load_color_classifier({"class_path": "clip", "init_args": {"weights_path": "/no/clip/ViT-L-14.pt"}})

@@ -1,8 +1,10 @@
-"""`main.py sweep`: grid/list expansion, key validation before anything runs, a failing point that
-does not stop the sweep, metrics collection and resuming. A tiny fake experiment script stands in
-for `main.py fit` (the command template is configurable), so no model is needed."""
+"""`main.py sweep`: grid/list expansion, key and type validation by the Lightning CLI's own parser
+before anything runs, a failing point that does not stop the sweep, metrics collection and
+resuming. A tiny fake experiment script stands in for `main.py fit` (the command template is
+configurable); the base config names small classes from tests/_sweep_fakes.py."""
 import json
 import textwrap
+from pathlib import Path
 
 import pytest
 import yaml
@@ -30,7 +32,7 @@ FAKE = textwrap.dedent('''
     logs = out / "lightning_logs" / "version_0"
     logs.mkdir(parents=True, exist_ok=True)
     (logs / "metrics.csv").write_text("step,train/loss,val/score\\n0,2.0,\\n10,1.5,\\n10,,%s\\n" % (lr * width))
-    (out / "metrics.json").write_text(json.dumps({"geneval": {"overall": lr * width}, "base_seed": config["seed"]}))
+    (out / "metrics.json").write_text(json.dumps({"geneval": {"overall": lr * width}, "base_seed": config["seed_everything"]}))
 ''')
 
 
@@ -38,11 +40,15 @@ FAKE = textwrap.dedent('''
 def setup(tmp_path):
     (tmp_path / "fake_fit.py").write_text(FAKE)
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(
-        {"seed": 7, "model": {"class_path": "X", "init_args": {"lr": 0.1, "width": 8, "fail": False}},
+        {"seed_everything": 7,
+         "model": {"class_path": "_sweep_fakes.FakeModule", "init_args": {"lr": 0.1, "width": 8, "fail": False}},
+         "data": {"class_path": "_sweep_fakes.FakeData"},
          "trainer": {"max_steps": 10, "default_root_dir": "runs/shared",
-                     "logger": {"class_path": "CSVLogger", "init_args": {"save_dir": "runs/shared"}},
-                     "callbacks": [{"class_path": "Y", "init_args": {"every": 5}},
-                                   {"class_path": "ModelCheckpoint", "init_args": {"dirpath": "runs/shared"}}]}}))
+                     "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
+                                "init_args": {"save_dir": "runs/shared"}},
+                     "callbacks": [{"class_path": "_sweep_fakes.EveryN", "init_args": {"every": 5}},
+                                   {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                                    "init_args": {"dirpath": "runs/shared"}}]}}))
     return tmp_path
 
 
@@ -66,7 +72,9 @@ def test_grid_and_list_expansion():
 
 
 def test_unknown_key_is_rejected_before_running(setup, capsys):
-    config = yaml.safe_load((setup / "base.yaml").read_text())
+    from commands.sweep import load_base
+
+    config = load_base([str(setup / "base.yaml")])
     check_key(config, "trainer.callbacks.0.init_args.every", "base.yaml")      # list index works
     with pytest.raises(UsageError, match="did you mean 'model.init_args.lr'"):
         check_key(config, "model.init_args.lrr", "base.yaml")
@@ -97,7 +105,8 @@ def test_sweep_survives_failure_collects_metrics_and_resumes(setup):
     assert f"--trainer.default_root_dir={run0}" in status["command"]
     point = yaml.safe_load((run0 / "sweep_point.yaml").read_text())
     assert point["trainer"]["callbacks"][1]["init_args"]["dirpath"] == str(run0)
-    assert point["trainer"]["callbacks"][0] == {"class_path": "Y", "init_args": {"every": 5}}
+    assert point["trainer"]["callbacks"][0] == {"class_path": "_sweep_fakes.EveryN", "init_args": {"every": 5}}
+    assert list(point) == ["trainer"] and list(point["trainer"]) == ["callbacks"]   # the list alone
     at = status["command"].index(str(run0 / "sweep_point.yaml"))
     assert status["command"][at - 1] == "--config" and status["command"][at - 2] == str(setup / "base.yaml")
 
@@ -110,21 +119,42 @@ def test_sweep_survives_failure_collects_metrics_and_resumes(setup):
     assert len(json.loads((setup / "out" / "sweep.json").read_text())["points"]) == 5
 
 
-def test_ablations_sweep_parses_and_its_keys_exist():
-    """The shipped ablation sweep: NF's default, each factor off alone, accumulated with and
-    without self-correction; every dotted key exists in its merged base config."""
-    from commands.sweep import load_base
+def test_a_value_the_parser_rejects_stops_the_sweep_before_running(setup, capsys):
+    """Types are checked by the Lightning CLI's parser, as `main.py fit` would check them."""
+    path = write_sweep(setup, list=[{"name": "ok", "model.init_args.width": 16},
+                                    {"name": "bad", "model.init_args.width": "wide"}])
+    assert main.main(["sweep", "--config", path]) == 2
+    err = capsys.readouterr().err
+    assert "sweep point 001_bad does not parse" in err and "wide" in err
+    assert not (setup / "out").exists()
 
-    sweep = yaml.safe_load(open(main.__file__.replace("main.py", "configs/sweeps/ablations.yaml")))
+
+def test_ablations_sweep_points_mean_what_fit_would_run(capsys):
+    """The shipped ablation sweep: NF's default, each factor off alone, accumulated with and
+    without self-correction; each point parsed by the CLI's parser holds its factors."""
+    from commands.lightning_cli import parse_config
+    from commands.sweep import load_base, point_args
+
+    root = Path(main.__file__).parent
+    sweep = yaml.safe_load((root / "configs/sweeps/ablations.yaml").read_text())
     points = expand_points(sweep.get("grid"), sweep.get("list"))
-    names = [n for n, _ in points]
-    assert names == ["000_nf_default", "001_no_reweighting", "002_no_self_correction", "003_accumulated",
-                     "004_accumulated_no_self_correction"]
-    overrides = dict(points)
-    assert overrides["001_no_reweighting"] == {"model.init_args.alpha": 0.0}
-    assert overrides["004_accumulated_no_self_correction"] == {
-        "model.init_args.overrides.visual_inputs": "accumulated", "model.init_args.self_correct": False}
-    base = load_base(sweep["base"])
-    for _, point in points:
-        for key in {**sweep["fixed"], **point}:
-            check_key(base, key, "ablations base")
+    assert [n for n, _ in points] == ["000_nf_default", "001_no_reweighting", "002_no_self_correction",
+                                      "003_accumulated", "004_accumulated_no_self_correction"]
+    base = [str(root / b) for b in sweep["base"]]
+    config = load_base(base)
+    factors = {}
+    for name, overrides in points:
+        model = parse_config(["fit", *point_args(base, {**sweep["fixed"], **overrides}, config, None)])["model"]
+        args = model["init_args"]
+        factors[name] = (args["alpha"], args["self_correct"], args["overrides"]["visual_inputs"], args["text_tokenizer"])
+    assert factors == {"000_nf_default": (0.9, True, "residual", "shapes-words"),
+                       "001_no_reweighting": (0.0, True, "residual", "shapes-words"),
+                       "002_no_self_correction": (0.9, False, "residual", "shapes-words"),
+                       "003_accumulated": (0.9, True, "accumulated", "shapes-words"),
+                       "004_accumulated_no_self_correction": (0.9, False, "accumulated", "shapes-words")}
+    # the sweep's own overlay: one resolution, the suite once at max_steps, quickstart data
+    trainer = config["trainer"]
+    (curriculum,) = [c["init_args"] for c in trainer["callbacks"] if c["class_path"].endswith("ResolutionCurriculum")]
+    assert [(p["at_step"], str(p["phase"])) for p in curriculum["phases"]] == [(0, "64")]
+    bench = next(c["init_args"] for c in trainer["callbacks"] if c["class_path"].endswith("BenchmarkCallback"))
+    assert bench["every_n_steps"] == trainer["max_steps"] == sweep["fixed"]["trainer.max_steps"]

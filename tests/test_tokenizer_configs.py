@@ -1,5 +1,6 @@
-"""Every tokenizer experiment config runs a fast_dev_run through the Lightning CLI, each stage
-loading the previous stage's checkpoint from the path in its config."""
+"""Every tokenizer experiment config runs a fast_dev_run through the project's Lightning CLI, each
+stage loading the previous stage's checkpoint from the path in its config, and holds the settings
+its stage promises (scale dropping, validation at the last step, its own output folder)."""
 from pathlib import Path
 
 import pytest
@@ -14,16 +15,31 @@ CONFIGS = {n: ROOT / f"configs/experiment/tokenizer_shapes_stage{n}.yaml" for n 
 
 
 def run_cli(config: Path, *extra: str):
-    from lightning.pytorch import LightningDataModule, LightningModule
-    from lightning.pytorch.cli import LightningCLI
-
-    import datamodules  # noqa: F401
-    import modules  # noqa: F401
+    from commands.lightning_cli import ProjectCLI
 
     args = ["fit", "--config", str(config), "--trainer.fast_dev_run=1", "--trainer.enable_progress_bar=false",
             "--data.init_args.batch_size=4", "--data.init_args.val_batch_size=4", *extra]
-    return LightningCLI(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
-                        args=args, parser_kwargs={"parser_mode": "omegaconf+"}, save_config_kwargs={"overwrite": True})
+    return ProjectCLI(args=args)
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_stage_config_settings(stage):
+    """What each stage composes: scale dropping 0.5 (0.0 in the decoder-only stage 3), one
+    validation at the last step, and logs plus last.ckpt in runs/tokenizer_shapes/stage<k>."""
+    from commands.lightning_cli import parse_config
+
+    config = parse_config(["fit", "--config", str(CONFIGS[stage])])
+    model, trainer = config["model"]["init_args"], config["trainer"]
+    assert model["stage"] == {1: "pixel", 2: "joint", 3: "decoder"}[stage]
+    assert model["init_ckpt"] == (None if stage == 1 else f"runs/tokenizer_shapes/stage{stage - 1}/last.ckpt")
+    assert model["tokenizer"]["codebook_size"] == 256 and model["edge_focus"] == 4.0
+    assert trainer["max_steps"] == {1: 900, 2: 1000, 3: 1200}[stage] == trainer["val_check_interval"]
+    root = f"runs/tokenizer_shapes/stage{stage}"
+    assert trainer["default_root_dir"] == root == trainer["logger"]["init_args"]["save_dir"]
+    by_class = {c["class_path"].rsplit(".", 1)[-1]: c["init_args"] for c in trainer["callbacks"]}
+    assert set(by_class) == {"ScaleDropping", "ModelCheckpoint"}
+    assert by_class["ScaleDropping"]["drop_prob"] == (0.0 if stage == 3 else 0.5)
+    assert by_class["ModelCheckpoint"]["dirpath"] == root and by_class["ModelCheckpoint"]["save_last"]
 
 
 def shapes_config() -> TokenizerConfig:

@@ -1,5 +1,7 @@
 """`main.py pretokenize`: shards read back exactly, resume skips finished shards, corrupt samples
 are counted, variants pair inputs with their targets, user errors name the value and the fix."""
+import json
+
 import lightning
 import numpy as np
 import pytest
@@ -8,7 +10,7 @@ import torch
 from _tokenizer_data import tiny_config, write_raw_shards
 from commands import UsageError
 from commands.pretokenize import run
-from datamodules.pretokenized import read_pretokenized
+from datamodules.pretokenized_dm import decode_pretokenized_item
 from datamodules.raw import decode_raw_sample
 from datamodules.shards import shard_urls
 from modules.tokenizer import TokenizerModule, load_tokenizer
@@ -43,6 +45,20 @@ def raw_images(root):
     return out
 
 
+def read_back(directory, variant=0):
+    """(key, meta, item) per sample in shard order, decoded by the datamodule's own decoder
+    (text kept as the string: the identity text encoder)."""
+    import webdataset as wds
+
+    rng = np.random.default_rng(0)
+    for s in wds.WebDataset(shard_urls(str(directory)), shardshuffle=False, empty_check=False):
+        yield s["__key__"], json.loads(s["json"]), decode_pretokenized_item(s, lambda t: t, variant=variant, rng=rng)
+
+
+def flat(maps) -> np.ndarray:
+    return torch.cat([m.reshape(-1) for m in maps]).numpy()
+
+
 def test_pretokenised_shards_read_back_exactly(setup, capsys):
     root, ckpt = setup
     stats = run(raw=str(root / "raw"), checkpoint=str(ckpt), out=str(root / "out0"), self_correct=0.0,
@@ -51,19 +67,20 @@ def test_pretokenised_shards_read_back_exactly(setup, capsys):
     assert "1 corrupt raw samples skipped" in capsys.readouterr().out
     tok = load_tokenizer(str(ckpt)).tokenizer
     images = raw_images(root)
-    got = list(read_pretokenized(str(root / "out0")))
-    assert len(got) == 11 and {g["key"] for g in got} == set(images)
-    for g in got:
-        item = images[g["key"]]
+    got = list(read_back(root / "out0"))
+    assert len(got) == 11 and {key for key, _, _ in got} == set(images)
+    for key, meta, g in got:
+        item = images[key]
         codes = tok.encode(item["image"][None])
-        expect = codes.flat()[0].numpy().astype(np.int32)
-        assert g["targets"].dtype == np.int32 and np.array_equal(g["targets"], expect)
-        assert g["inputs"].shape == (1, codes.schedule.token_count) and np.array_equal(g["inputs"][0], expect)
-        meta = g["json"]
+        expect = codes.flat()[0].numpy()
+        assert g["schedule"] == codes.schedule
+        for name in ("clean_targets", "targets", "inputs"):   # no self-correction: all three the clean codes
+            assert np.array_equal(flat(g[name]), expect), name
         assert (meta["height"], meta["width"]) == tuple(item["image"].shape[1:])
         assert meta["grids"] == [list(x) for x in codes.schedule.grids]
         assert meta["codebook_size"] == 256 and meta["task"] == "t2i" and len(meta["tokenizer_fingerprint"]) == 16
-        assert g["text"] == item["text"] and meta["meta"]["scene"] == item["meta"]["scene"]
+        assert g["text_ids"] == item["text"] and meta["meta"]["scene"] == item["meta"]["scene"]
+        assert g["fingerprint"] == meta["tokenizer_fingerprint"] and g["key"] == key
 
 
 def test_resume_skips_finished_shards_without_encoding(setup):
@@ -75,21 +92,23 @@ def test_resume_skips_finished_shards_without_encoding(setup):
     (root / "out1" / "pretok-000002.tar").unlink()  # an interrupted run: last shard missing
     resumed = run(raw=str(root / "raw"), checkpoint=str(ckpt), out=str(root / "out1"), samples_per_shard=5)
     assert resumed["shards_written"] == 1 and resumed["images_encoded"] == 2  # only raw shard 2 re-encoded
-    assert len(list(read_pretokenized(str(root / "out1")))) == 11
+    assert len(list(read_back(root / "out1"))) == 11
 
 
 def test_self_corrected_variants_pair_inputs_with_targets(setup):
     root, ckpt = setup
     run(raw=str(root / "raw"), checkpoint=str(ckpt), out=str(root / "out2"), self_correct=0.6, topk=8,
         variants=3, samples_per_shard=20)
-    for g in read_pretokenized(str(root / "out2")):
-        T = sum(h * w for h, w in g["json"]["grids"])
-        assert g["inputs"].shape == (3, T) and g["variant_targets"].shape == (3, T)
-        assert np.array_equal(g["variant_targets"][0], g["targets"])
-        changed = (g["inputs"] != g["variant_targets"]).mean(1)
-        assert np.all(changed <= 0.6 + 1e-6) and np.all(changed > 0.2)
-        assert not np.array_equal(g["inputs"][0], g["inputs"][1])
-        assert g["json"]["variants"] == 3 and g["json"]["self_correct"] == 0.6
+    variants = [list(read_back(root / "out2", variant=v)) for v in range(3)]
+    assert len(variants[0]) == 12 - 1
+    for samples in zip(*variants):
+        (_, meta, first), items = samples[0], [g for _, _, g in samples]
+        assert meta["variants"] == 3 and meta["self_correct"] == 0.6
+        assert np.array_equal(flat(first["targets"]), flat(first["clean_targets"]))   # variant 0: clean targets
+        for g in items:
+            changed = (flat(g["inputs"]) != flat(g["targets"])).mean()
+            assert 0.2 < changed <= 0.6 + 1e-6
+        assert not np.array_equal(flat(items[0]["inputs"]), flat(items[1]["inputs"]))
 
 
 def test_user_errors_name_the_value_and_the_fix(setup, tmp_path):
