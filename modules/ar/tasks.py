@@ -12,11 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
-from modules.common.sequence import (ImageSeg, IndexBatch, SequenceBuilder, TextSeg, collate_index,
-                                     split_scales)
+from modules.common.sequence import ImageSeg, IndexBatch, SequenceBuilder, TextSeg, collate_index
 from modules.common.vocab import UnifiedVocab
 from modules.common.scale_schedule import ScaleSchedule
 
@@ -46,3 +44,74 @@ def interleaved(vocab: UnifiedVocab, items: list) -> list:
         else:
             segs.append(TextSeg(list(it), loss=True))
     return segs
+
+
+@dataclass
+class ItemBatcher:
+    """Datamodule items -> `IndexBatch` (index tensors only, no code embeddings), so it runs in
+    dataloader workers: `PretokenizedDataModule.collate` calls it once the AR model has handed
+    it over (`ARModule.setup`). Items: {"task", "text_ids", "schedule", "targets", "inputs",
+    "clean_targets", "key", "fingerprint", "codebook_size"}; a "train" flag (set by the
+    datamodule's training decode) turns on condition dropout."""
+
+    vocab: UnifiedVocab
+    text_vocab_size: int
+    codebook_size: int
+    rope_C: float
+    max_scales: int
+    max_len: int | None
+    cond_dropout: float
+    self_correct: bool = True
+    fingerprint: str | None = None
+    tokenizer_ckpt: str | None = None
+    pack_row_len: int | None = None
+    pad_to_multiple: int = 1
+    seed: int = 0
+
+    def __post_init__(self):
+        self._gen: torch.Generator | None = None
+        self._builder = SequenceBuilder(self.vocab, None, rope_C=self.rope_C, max_scales=self.max_scales,
+                                        cond_dropout=self.cond_dropout, max_len=self.max_len)
+
+    def generator(self) -> torch.Generator:
+        """Condition-dropout draws from `seed` (the model sets seed + rank), mixed in a dataloader
+        worker with the worker's own seed (torch's, different per worker and epoch)."""
+        if self._gen is None:
+            info = torch.utils.data.get_worker_info()
+            seed = self.seed if info is None else (info.seed + 1_000_003 * self.seed) % 2**63
+            self._gen = torch.Generator().manual_seed(seed)
+        return self._gen
+
+    def segments(self, item: dict) -> list:
+        vocab = self.vocab
+        fp = item.get("fingerprint")
+        if self.fingerprint and fp and fp != self.fingerprint:
+            raise ValueError(f"shard sample {item.get('key')} was pretokenised by tokenizer {fp} but the AR model uses "
+                             f"{self.fingerprint}; re-run pretokenize with {self.tokenizer_ckpt}")
+        if (item.get("codebook_size") or self.codebook_size) != self.codebook_size:
+            raise ValueError(f"shard sample {item.get('key')} has codebook_size {item['codebook_size']} but the AR "
+                             f"model expects {self.codebook_size}")
+        text = list(item["text_ids"])
+        if text and max(text) >= self.text_vocab_size:
+            raise ValueError(f"text id {max(text)} >= text_vocab_size {self.text_vocab_size}: text tokenizer and AR "
+                             "config disagree")
+        inputs = item.get("inputs") if self.self_correct else None
+        targets = item["targets"] if inputs is not None else item.get("clean_targets", item["targets"])
+        if item["task"] == "t2i":
+            return t2i(vocab, text, item["schedule"], targets, inputs)
+        if item["task"] == "i2t":
+            return i2t(vocab, item["schedule"], item.get("clean_targets", targets), text)
+        raise ValueError(f"unknown task {item['task']!r} in batch item {item.get('key')}")
+
+    def __call__(self, items: list[dict], *, train: bool | None = None,
+                 generator: torch.Generator | None = None) -> IndexBatch:
+        """train None: from the items' "train" flag. generator None: this batcher's own."""
+        train = bool(items and items[0].get("train")) if train is None else train
+        g = generator if generator is not None else self.generator()
+        drop = self.cond_dropout if train else 0.0
+        samples = []
+        for it in items:
+            d = drop > 0 and float(torch.rand((), generator=g)) < drop
+            samples.append(self._builder.build_index(self.segments(it), drop_cond=d))
+        return collate_index(samples, row_len=self.pack_row_len, pad_to_multiple=self.pad_to_multiple,
+                             pad_id=self.vocab.pad)
