@@ -14,6 +14,7 @@ import importlib
 import inspect
 import os
 import sys
+import warnings
 
 # Lightning subcommands and what they do (the CLI's own help has the details).
 LIGHTNING_COMMANDS = {
@@ -67,40 +68,140 @@ def print_help() -> None:
     console.print("Run `python main.py <command> --help` for a command's options; every command takes --config.")
 
 
+# Errors a user fixes (a bad value, a missing, unreadable or unwritable path, a device that is
+# not there): printed as one line with exit status 2, never as a traceback.
+FILE_SYSTEM_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, FileExistsError)
+
+
+def one_line(message: object) -> str:
+    """A message on one line (jsonargparse and Lightning messages span several)."""
+    return " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+
+
+def user_error(err: BaseException, anything: bool = False) -> BaseException | None:
+    """The user's mistake behind `err`: the innermost ConfigError or file-system error along its
+    cause chain (jsonargparse wraps the errors of the classes it instantiates), or, when
+    `anything` (errors raised while the config is parsed and instantiated), the innermost cause."""
+    from modules.common.errors import ConfigError
+
+    chain, seen = [], set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        chain.append(err)
+        err = err.__cause__ or err.__context__
+    for candidate in reversed(chain):
+        if isinstance(candidate, (ConfigError, *FILE_SYSTEM_ERRORS)):
+            return candidate
+    return chain[-1] if anything and chain else None
+
+
+def report(err: BaseException) -> int:
+    print(f"error: {one_line(err) or type(err).__name__}", file=sys.stderr)
+    return 2
+
+
 def run_project_command(name: str, argv: list[str]) -> int:
     from jsonargparse import CLI
-
-    from commands import UsageError
 
     module = importlib.import_module(f"commands.{name}")
     params = list(inspect.signature(module.run).parameters.values())
     if argv and not argv[0].startswith("-") and params:
         argv = [f"--{params[0].name}", *argv]  # `main.py report runs/x` == `main.py report --path runs/x`
     try:
-        CLI(module.run, args=argv, as_positional=False, parser_mode="omegaconf+", prog=f"main.py {name}")
-    except UsageError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        CLI(module.run, args=argv, as_positional=False, parser_mode="omegaconf+", prog=f"main.py {name}",
+            exit_on_error=False)
+    except Exception as err:  # noqa: BLE001 - user errors become one line; anything else is re-raised
+        from jsonargparse import ArgumentError
+
+        found = user_error(err, anything=isinstance(err, ArgumentError))
+        if found is None:
+            raise
+        return report(found)
     return 0
 
 
-def run_lightning(argv: list[str]) -> None:
+# Lightning's `--ckpt_path` special values (not files).
+CKPT_PATH_KEYWORDS = ("last", "best", "hpc", "registry")
+
+
+def _explicit_model_keys(argv: list[str]) -> list[str]:
+    """init_args keys the command line sets explicitly (`--model.init_args.tokenizer_ckpt x`)."""
+    keys = []
+    for arg in argv:
+        for prefix in ("--model.init_args.", "--model."):
+            if arg.startswith(prefix):
+                key = arg[len(prefix):].split("=", 1)[0]
+                if key and key not in ("class_path", "init_args") and "." not in key:
+                    keys.append(key)
+                break
+    return keys
+
+
+def run_lightning(argv: list[str]) -> int:
+    from jsonargparse import ArgumentError
     from lightning.pytorch import LightningDataModule, LightningModule
     from lightning.pytorch.cli import LightningCLI
+
+    from modules.common.checkpoints import checkpoint_kind, describe, load_checkpoint
+    from modules.common.errors import ConfigError
 
     # Subclass mode finds classes by short name only once their modules are imported.
     for name in REGISTERED_CLASS_MODULES:
         importlib.import_module(name)
+    # main.py passes argv on purpose (its own dispatch reads sys.argv first)
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
 
-    LightningCLI(
-        LightningModule,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        args=argv,
-        parser_kwargs={"parser_mode": "omegaconf+"},
-        save_config_kwargs={"overwrite": True},
-    )
+    class ProjectCLI(LightningCLI):
+        """LightningCLI whose `--ckpt_path` is loaded safely and checked against the configured
+        module, and whose explicit `--model.*` values win over the checkpoint's hyper-parameters
+        (Lightning's own `_parse_ckpt_path` replaces the whole model config with them)."""
+
+        def _parse_ckpt_path(self) -> None:
+            sub = self.config.get("subcommand")
+            ckpt_path = self.config[sub].get("ckpt_path") if sub else None
+            if not ckpt_path or str(ckpt_path) in CKPT_PATH_KEYWORDS:
+                return
+            ckpt = load_checkpoint(ckpt_path, None, what="--ckpt_path")
+            model = self.config[sub].get("model")
+            class_path = str(model.get("class_path", "")) if model is not None else ""
+            wanted = {"TokenizerModule": "tokenizer", "ARModule": "ar"}.get(class_path.rsplit(".", 1)[-1])
+            kind = checkpoint_kind(ckpt)
+            saved_class = str((ckpt.get("hyper_parameters") or {}).get("_class_path") or "")
+            if (wanted is not None and kind != wanted) or (saved_class and class_path and saved_class != class_path):
+                raise ConfigError(f"--ckpt_path {ckpt_path} is {describe(kind)}"
+                                  f"{f' ({saved_class})' if saved_class else ''} but the config's model is "
+                                  f"{class_path}; pass a checkpoint of that module or the config it was trained with")
+            explicit = {k: model["init_args"][k] for k in _explicit_model_keys(argv)
+                        if model is not None and model.get("init_args") is not None and k in model["init_args"]}
+            super()._parse_ckpt_path()
+            model = self.config[sub].get("model")
+            for key, value in explicit.items():  # e.g. a tokenizer checkpoint that moved
+                if model.get("dict_kwargs"):
+                    model["dict_kwargs"].pop(key, None)
+                model["init_args"][key] = value
+
+        def instantiate_classes(self) -> None:
+            try:
+                super().instantiate_classes()
+            except Exception as err:  # noqa: BLE001 - a config that cannot be built is the user's to fix
+                raise ConfigError(one_line(user_error(err, anything=True))) from err
+
+    try:
+        ProjectCLI(
+            LightningModule,
+            LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            args=argv,
+            parser_kwargs={"parser_mode": "omegaconf+", "exit_on_error": False},
+            save_config_kwargs={"overwrite": True},
+        )
+    except Exception as err:  # noqa: BLE001 - user errors become one line; anything else is re-raised
+        found = user_error(err, anything=isinstance(err, ArgumentError))
+        if found is None:
+            raise
+        return report(found)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,8 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         known = ", ".join([*LIGHTNING_COMMANDS, *_available_project_commands()])
         print(f"error: unknown command {argv[0]!r}; choose one of: {known}", file=sys.stderr)
         return 2
-    run_lightning(argv)
-    return 0
+    return run_lightning(argv)
 
 
 if __name__ == "__main__":
