@@ -22,6 +22,8 @@ from typing import Any
 
 import lightning.pytorch as pl
 
+from modules.common.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -35,11 +37,11 @@ class ResolutionCurriculum(pl.Callback):
     def __init__(self, phases: list[dict[str, Any]]):
         super().__init__()
         if not phases:
-            raise ValueError("ResolutionCurriculum needs at least one phase")
+            raise ConfigError("ResolutionCurriculum needs at least one phase")
         self.phases = sorted(({"at_step": int(p["at_step"]), "phase": str(p["phase"]), "alpha": p.get("alpha")}
                               for p in phases), key=lambda p: p["at_step"])
         if self.phases[0]["at_step"] != 0:
-            raise ValueError(f"the first curriculum phase must start at step 0, got {self.phases[0]['at_step']}")
+            raise ConfigError(f"the first curriculum phase must start at step 0, got {self.phases[0]['at_step']}")
         self.current: int | None = None  # index into phases
         self.epoch_start_step = 0  # global step at the start of the running epoch
         self._restored: int | None = None
@@ -52,7 +54,7 @@ class ResolutionCurriculum(pl.Callback):
         p = self.phases[index]
         dm = trainer.datamodule
         if dm is None or not hasattr(dm, "set_phase"):
-            raise ValueError("ResolutionCurriculum needs a datamodule with set_phase(phase) "
+            raise ConfigError("ResolutionCurriculum needs a datamodule with set_phase(phase) "
                              "(datamodules.pretokenized_dm.PretokenizedDataModule)")
         dm.set_phase(p["phase"])
         for q in self.phases[: index + 1]:  # alpha = the last one set at or before this phase
