@@ -10,6 +10,7 @@ are imported here first. `omegaconf+` parser mode resolves `${...}` interpolatio
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import os
@@ -73,31 +74,49 @@ def print_help() -> None:
 FILE_SYSTEM_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, FileExistsError)
 
 
-def one_line(message: object) -> str:
-    """A message on one line (jsonargparse and Lightning messages span several)."""
-    return " ".join(part.strip() for part in str(message).splitlines() if part.strip())
-
-
-def user_error(err: BaseException, anything: bool = False) -> BaseException | None:
-    """The user's mistake behind `err`: the innermost ConfigError or file-system error along its
-    cause chain (jsonargparse wraps the errors of the classes it instantiates), or, when
-    `anything` (errors raised while the config is parsed and instantiated), the innermost cause."""
+def is_user_error(err: BaseException) -> bool:
     from modules.common.errors import ConfigError
 
+    # any other OSError that names a file (read-only file system, disk full, name too long)
+    return isinstance(err, (ConfigError, *FILE_SYSTEM_ERRORS)) or (isinstance(err, OSError) and err.filename is not None)
+
+
+def one_line(message: object) -> str:
+    """A message on one line (jsonargparse and Lightning messages span several; the parts of a
+    jsonargparse union dump that repeat the whole given value are dropped)."""
+    parts = [part.strip() for part in str(message).splitlines() if part.strip()]
+    return " ".join(p for p in parts if not p.startswith(("Given value", "Subtypes:")))
+
+
+def user_error(err: BaseException, parse: bool = False) -> BaseException | None:
+    """The user's mistake behind `err`: the innermost ConfigError or file-system error along its
+    cause chain (jsonargparse wraps the errors of the classes it instantiates); for errors of the
+    parser itself (`parse`: a value of the wrong type, an unknown key) the parser's own message,
+    which names the key."""
     chain, seen = [], set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))
         chain.append(err)
         err = err.__cause__ or err.__context__
     for candidate in reversed(chain):
-        if isinstance(candidate, (ConfigError, *FILE_SYSTEM_ERRORS)):
+        if is_user_error(candidate):
             return candidate
-    return chain[-1] if anything and chain else None
+    return chain[0] if parse and chain else None
 
 
 def report(err: BaseException) -> int:
-    print(f"error: {one_line(err) or type(err).__name__}", file=sys.stderr)
+    if isinstance(err, OSError) and not is_config_error(err) and err.filename is not None:
+        message = f"{err.filename}: {err.strerror or err}; check the path (and that it is writable for outputs)"
+    else:
+        message = one_line(err) or type(err).__name__
+    print(f"error: {message}", file=sys.stderr)
     return 2
+
+
+def is_config_error(err: BaseException) -> bool:
+    from modules.common.errors import ConfigError
+
+    return isinstance(err, ConfigError)
 
 
 def run_project_command(name: str, argv: list[str]) -> int:
@@ -107,17 +126,32 @@ def run_project_command(name: str, argv: list[str]) -> int:
     params = list(inspect.signature(module.run).parameters.values())
     if argv and not argv[0].startswith("-") and params:
         argv = [f"--{params[0].name}", *argv]  # `main.py report runs/x` == `main.py report --path runs/x`
+
+    @functools.wraps(module.run)
+    def run(*args, **kwargs):
+        if isinstance(kwargs.get("device"), str):  # every command's --device, checked before any work
+            from modules.common.devices import require_device
+
+            require_device(kwargs["device"])
+        return module.run(*args, **kwargs)
+
     try:
-        CLI(module.run, args=argv, as_positional=False, parser_mode="omegaconf+", prog=f"main.py {name}",
+        CLI(run, args=argv, as_positional=False, parser_mode="omegaconf+", prog=f"main.py {name}",
             exit_on_error=False)
     except Exception as err:  # noqa: BLE001 - user errors become one line; anything else is re-raised
         from jsonargparse import ArgumentError
 
-        found = user_error(err, anything=isinstance(err, ArgumentError))
+        found = user_error(err, parse=isinstance(err, ArgumentError))
         if found is None:
             raise
         return report(found)
     return 0
+
+
+def _innermost(err: BaseException) -> BaseException:
+    while (err.__cause__ or err.__context__) is not None:
+        err = err.__cause__ or err.__context__
+    return err
 
 
 # Lightning's `--ckpt_path` special values (not files).
@@ -184,7 +218,8 @@ def run_lightning(argv: list[str]) -> int:
             try:
                 super().instantiate_classes()
             except Exception as err:  # noqa: BLE001 - a config that cannot be built is the user's to fix
-                raise ConfigError(one_line(user_error(err, anything=True))) from err
+                found = user_error(err)
+                raise ConfigError(one_line(found if found is not None else _innermost(err))) from err
 
     try:
         ProjectCLI(
@@ -197,7 +232,7 @@ def run_lightning(argv: list[str]) -> int:
             save_config_kwargs={"overwrite": True},
         )
     except Exception as err:  # noqa: BLE001 - user errors become one line; anything else is re-raised
-        found = user_error(err, anything=isinstance(err, ArgumentError))
+        found = user_error(err, parse=isinstance(err, ArgumentError))
         if found is None:
             raise
         return report(found)
