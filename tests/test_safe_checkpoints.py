@@ -122,3 +122,27 @@ def test_init_ckpt_of_another_kind_fails_clearly(tmp_path):
     with pytest.raises(ConfigError, match="shares no tensor with this tokenizer"):
         TokenizerModule(tokenizer=tiny_config(), stage="joint", init_ckpt=str(other), val_oracle=False,
                         rfid_extractor=None)
+
+
+def test_ckpt_path_keeps_an_explicit_tokenizer_override(tmp_path, monkeypatch, capsys):
+    """An AR checkpoint whose tokenizer moved: `--model.init_args.tokenizer_ckpt` given on the
+    command line wins over the path saved in the checkpoint (Lightning would drop it)."""
+    from test_ar_module import TINY, make_shards
+    from modules.ar.module import ARModule
+    from modules.tokenizer import checkpoint_fingerprint
+
+    tok = tokenizer_ckpt(tmp_path / "tok.ckpt")
+    ar = ARModule(overrides={k: v for k, v in TINY.items() if k not in ("codebook_size", "code_dim")},
+                  tokenizer_ckpt=tok)
+    hp = {**dict(ar.hparams), "_class_path": "modules.ar.module.ARModule", "tokenizer_ckpt": "/moved/away/tok.ckpt"}
+    ckpt = tmp_path / "ar.ckpt"
+    torch.save({"state_dict": ar.state_dict(), "hyper_parameters": hp,
+                "pytorch-lightning_version": lightning.__version__}, ckpt)
+    val = make_shards(tmp_path / "val", side=2, n=4, codebook=256, fingerprint=checkpoint_fingerprint(tok))
+    monkeypatch.chdir(tmp_path)
+    args = ["validate", "--config", str(EXP / "ar_shapes_t2i.yaml"), "--trainer.accelerator=cpu",
+            "--trainer.logger=false", "--trainer.callbacks=[]", "--trainer.limit_val_batches=1",
+            f"--data.init_args.val_dir={val}", "--data.init_args.val_batch_size=2", f"--ckpt_path={ckpt}"]
+    assert main(args) == 2
+    assert "/moved/away/tok.ckpt" in one_error_line(capsys)  # the checkpoint's own path is used ...
+    assert main([*args, f"--model.init_args.tokenizer_ckpt={tok}"]) == 0  # ... unless overridden
