@@ -85,8 +85,8 @@ def check_sampling_values(cfg) -> None:
 
     rules = {  # key -> (value ok, what it must be)
         "guidance": (lambda v: number(v) and v >= 0, "a number >= 0"),
-        "temperature": (lambda v: number(v) and v > 0, "a number > 0"),
-        "text_temperature": (lambda v: number(v) and v > 0, "a number > 0"),
+        "temperature": (lambda v: number(v) and v >= 0, "a number >= 0 (0 = greedy)"),
+        "text_temperature": (lambda v: number(v) and v >= 0, "a number >= 0 (0 = greedy)"),
         "top_k": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an integer >= 0 (0 = off)"),
         "text_top_k": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an integer >= 0 (0 = off)"),
         "top_p": (lambda v: number(v) and 0 < v <= 1, "a number in (0, 1]"),
