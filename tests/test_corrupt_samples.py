@@ -159,3 +159,13 @@ def test_sizes_must_be_positive(kwargs, tmp_path):
         RawShardDataModule(train_dir=str(tmp_path), **kwargs)
     with pytest.raises(ConfigError, match=next(iter(kwargs))):
         PretokenizedDataModule(train_dir=str(tmp_path), **kwargs)
+
+
+def test_counts_come_back_from_dataloader_workers(tmp_path):
+    dm = RawShardDataModule(train_dir=write_raw(tmp_path / "raw"), batch_size=8, multiple_of=4, num_workers=2,
+                            max_skipped_fraction=0.5)
+    batches = list(dm.train_dataloader())  # the workers warn on their own stderr
+    assert len(batches) == (len(RAW_CORRUPT) + GOOD) // 8
+    counts = dm.sample_counts["train"]
+    assert counts.skipped >= len(RAW_CORRUPT) and set(counts.per_reason()) == set(RAW_CORRUPT)
+    assert counts.table[1:].sum() == counts.table.sum()  # counted by the workers, seen by the main process
