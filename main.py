@@ -10,10 +10,13 @@ and library chatter silenced in one place (commands.lightning_cli.quiet_lightnin
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import os
 import sys
+
+from commands import is_config_error, one_line, user_error
 
 # Lightning subcommands and what they do (the CLI's own help has the details).
 LIGHTNING_COMMANDS = {
@@ -62,34 +65,61 @@ def print_help() -> None:
     console.print("Run `python main.py <command> --help` for a command's options; every command takes --config.")
 
 
+def report(err: BaseException) -> int:
+    if isinstance(err, OSError) and not is_config_error(err) and err.filename is not None:
+        message = f"{err.filename}: {err.strerror or err}; check the path (and that it is writable for outputs)"
+    else:
+        message = one_line(err) or type(err).__name__
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
 def run_project_command(name: str, argv: list[str]) -> int:
     from jsonargparse import CLI
-
-    from commands import UsageError
 
     module = importlib.import_module(f"commands.{name}")
     params = list(inspect.signature(module.run).parameters.values())
     if argv and not argv[0].startswith("-") and params:
         argv = [f"--{params[0].name}", *argv]  # `main.py report runs/x` == `main.py report --path runs/x`
+
+    @functools.wraps(module.run)
+    def run(*args, **kwargs):
+        if isinstance(kwargs.get("device"), str):  # every command's --device, checked before any work
+            from modules.common.devices import require_device
+
+            require_device(kwargs["device"])
+        return module.run(*args, **kwargs)
+
     try:
-        CLI(module.run, args=argv, as_positional=False, parser_mode="omegaconf+", prog=f"main.py {name}")
-    except UsageError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        CLI(run, args=argv, as_positional=False, parser_mode="omegaconf+", prog=f"main.py {name}",
+            exit_on_error=False)
+    except Exception as err:  # noqa: BLE001 - user errors become one line; anything else is re-raised
+        from jsonargparse import ArgumentError
+
+        found = user_error(err, parse=isinstance(err, ArgumentError))
+        if found is None:
+            raise
+        return report(found)
     return 0
 
 
 def run_lightning(argv: list[str]) -> int:
-    """`fit` / `validate` through the project's LightningCLI (config composition, quiet logs)."""
-    from commands import UsageError
+    """`fit` / `validate` through the project's LightningCLI (config composition, safe and
+    kind-checked `--ckpt_path`, quiet logs); user errors become one line with exit 2."""
+    from jsonargparse import ArgumentError
+    from lightning.pytorch.cli import LightningCLI
+
     from commands.lightning_cli import ProjectCLI, quiet_lightning
 
     quiet_lightning()
     try:
-        ProjectCLI(args=argv)
-    except UsageError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        ProjectCLI(args=argv, parser_kwargs={"parser_mode": "omegaconf+", "exit_on_error": False,
+                                             **{cmd: {"exit_on_error": False} for cmd in LightningCLI.subcommands()}})
+    except Exception as err:  # noqa: BLE001 - user errors become one line; anything else is re-raised
+        found = user_error(err, parse=isinstance(err, ArgumentError))
+        if found is None:
+            raise
+        return report(found)
     return 0
 
 

@@ -67,10 +67,42 @@ def load_sampling(sampling: dict | str | None):
         if not sp.is_file():
             raise UsageError(f"sampling config not found at {sp}; see configs/sampling/ for examples")
         sampling = yaml.safe_load(sp.read_text()) or {}
+    if sampling is not None and not isinstance(sampling, dict):
+        raise UsageError(f"sampling config must be a mapping of SamplingConfig keys, got {sampling!r}")
     try:
-        return SamplingConfig.from_dict(sampling)
+        cfg = SamplingConfig.from_dict(sampling)
     except (ValueError, TypeError) as err:
         raise UsageError(f"bad sampling config: {err}") from None
+    check_sampling_values(cfg)
+    return cfg
+
+
+def check_sampling_values(cfg) -> None:
+    """Types and ranges of a SamplingConfig's values (a YAML `guidance: high` or `top_k: -3`)."""
+
+    def number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    rules = {  # key -> (value ok, what it must be)
+        "guidance": (lambda v: number(v) and v >= 0, "a number >= 0"),
+        "temperature": (lambda v: number(v) and v >= 0, "a number >= 0 (0 = greedy)"),
+        "text_temperature": (lambda v: number(v) and v >= 0, "a number >= 0 (0 = greedy)"),
+        "top_k": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an integer >= 0 (0 = off)"),
+        "text_top_k": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an integer >= 0 (0 = off)"),
+        "top_p": (lambda v: number(v) and 0 < v <= 1, "a number in (0, 1]"),
+        "text_top_p": (lambda v: number(v) and 0 < v <= 1, "a number in (0, 1]"),
+        "max_text_tokens": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an integer >= 1"),
+        "seed": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+        "guidance_off_from": (lambda v: v is None or (isinstance(v, int) and v >= 0), "null or an integer >= 0"),
+    }
+    for key, (ok, what) in rules.items():
+        value = getattr(cfg, key, None)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if value is None and key != "guidance_off_from":
+            continue
+        if not values or not all(ok(v) for v in values):
+            raise UsageError(f"sampling {key}: {value!r} must be {what} (a list of them per scale also works "
+                             "for temperature, top_k, top_p)")
 
 
 # ---------------------------------------------------------------------------- atomic writes
@@ -176,8 +208,11 @@ def run(
     from modules.common.scale_schedule import ScaleSchedule
     from modules.text.tokenizers import build_text_tokenizer
 
-    if samples < 1 or batch_size < 1:
-        raise UsageError(f"--samples and --batch_size must be >= 1, got {samples} and {batch_size}")
+    if samples < 1 or batch_size < 1 or height < 1 or width < 1:
+        raise UsageError(f"--samples, --batch_size, --height and --width must be >= 1, got {samples}, {batch_size}, "
+                         f"{height} and {width}")
+    if limit is not None and limit < 1:
+        raise UsageError(f"--limit {limit} must be >= 1 (or omitted for every prompt)")
     cfg = load_sampling(sampling)
     items = read_prompt_file(prompts, task)[:limit]
     base = Path(prompts).expanduser().resolve().parent
@@ -214,7 +249,13 @@ def run(
     patch, out_dir = tokenizer.patch, Path(out)
 
     def schedule_of(item: dict, no: int) -> ScaleSchedule:
-        h, w = int(item.get("height", height)), int(item.get("width", width))
+        try:
+            h, w = int(item.get("height", height)), int(item.get("width", width))
+        except (TypeError, ValueError):
+            raise UsageError(f"prompt {no}: height {item.get('height', height)!r} / width "
+                             f"{item.get('width', width)!r} must be whole numbers of pixels") from None
+        if isinstance(item.get("height", height), bool) or isinstance(item.get("width", width), bool) or min(h, w) < 1:
+            raise UsageError(f"prompt {no}: height {h} and width {w} must be positive numbers of pixels")
         try:
             return ScaleSchedule.for_image(h, w, patch)
         except ValueError as err:

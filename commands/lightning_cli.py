@@ -28,7 +28,7 @@ import yaml
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
-from commands import UsageError
+from commands import ConfigError, UsageError, innermost, one_line, user_error
 
 # Modules whose LightningModules / LightningDataModules / callbacks configs may name by short
 # class name (imported before parsing; listed here rather than by the package __init__s, so that
@@ -109,6 +109,23 @@ def expand_compose(argv: list[str]) -> list[str]:
     return out
 
 
+# Lightning's `--ckpt_path` special values (not files).
+CKPT_PATH_KEYWORDS = ("last", "best", "hpc", "registry")
+
+
+def _explicit_model_keys(argv: list[str]) -> list[str]:
+    """init_args keys the command line sets explicitly (`--model.init_args.tokenizer_ckpt x`)."""
+    keys = []
+    for arg in argv:
+        for prefix in ("--model.init_args.", "--model."):
+            if arg.startswith(prefix):
+                key = arg[len(prefix):].split("=", 1)[0]
+                if key and key not in ("class_path", "init_args") and "." not in key:
+                    keys.append(key)
+                break
+    return keys
+
+
 class ProjectCLI(LightningCLI):
     """LightningCLI in subclass mode for model and datamodule, with `compose:` expansion and the
     `omegaconf+` parser mode (`${...}` resolved after every layer is merged). The progress bar is
@@ -128,7 +145,45 @@ class ProjectCLI(LightningCLI):
     def parse_arguments(self, parser, args) -> None:
         # (LightningCLI's own version warns whenever args are given while sys.argv is not empty,
         # which is always the case under main.py.)
-        self.config = parser.parse_args(expand_compose(list(sys.argv[1:] if args is None else args)))
+        self._argv = expand_compose(list(sys.argv[1:] if args is None else args))
+        self.config = parser.parse_args(self._argv)
+
+    def _parse_ckpt_path(self) -> None:
+        """`--ckpt_path` loaded safely (weights only) and checked against the configured module;
+        explicit `--model.*` values win over the checkpoint's hyper-parameters (Lightning's own
+        version replaces the whole model config with them, so a moved tokenizer could not be
+        pointed to)."""
+        from modules.common.checkpoints import checkpoint_kind, describe, load_checkpoint
+
+        sub = self.config.get("subcommand")
+        ckpt_path = self.config[sub].get("ckpt_path") if sub else None
+        if not ckpt_path or str(ckpt_path) in CKPT_PATH_KEYWORDS:
+            return
+        ckpt = load_checkpoint(ckpt_path, None, what="--ckpt_path")
+        model = self.config[sub].get("model")
+        class_path = str(model.get("class_path", "")) if model is not None else ""
+        wanted = {"TokenizerModule": "tokenizer", "ARModule": "ar"}.get(class_path.rsplit(".", 1)[-1])
+        kind = checkpoint_kind(ckpt)
+        saved_class = str((ckpt.get("hyper_parameters") or {}).get("_class_path") or "")
+        if (wanted is not None and kind != wanted) or (saved_class and class_path and saved_class != class_path):
+            raise ConfigError(f"--ckpt_path {ckpt_path} is {describe(kind)}"
+                              f"{f' ({saved_class})' if saved_class else ''} but the config's model is "
+                              f"{class_path}; pass a checkpoint of that module or the config it was trained with")
+        explicit = {k: model["init_args"][k] for k in _explicit_model_keys(getattr(self, "_argv", []))
+                    if model is not None and model.get("init_args") is not None and k in model["init_args"]}
+        super()._parse_ckpt_path()
+        model = self.config[sub].get("model")
+        for key, value in explicit.items():  # e.g. a tokenizer checkpoint that moved
+            if model.get("dict_kwargs"):
+                model["dict_kwargs"].pop(key, None)
+            model["init_args"][key] = value
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except Exception as err:  # noqa: BLE001 - a config that cannot be built is the user's to fix
+            found = user_error(err)
+            raise ConfigError(one_line(found if found is not None else innermost(err))) from err
 
 
 class _Parsed(Exception):

@@ -134,8 +134,11 @@ def run(
 
     if not 0.0 <= self_correct <= 1.0:
         raise UsageError(f"--self_correct {self_correct} is not a fraction; use a value in [0, 1] (NextFlow: 0.6)")
-    if topk < 1 or variants < 1 or batch_size < 1:
-        raise UsageError(f"--topk ({topk}), --variants ({variants}) and --batch_size ({batch_size}) must be >= 1")
+    if topk < 1 or variants < 1 or batch_size < 1 or samples_per_shard < 1:
+        raise UsageError(f"--topk ({topk}), --variants ({variants}), --batch_size ({batch_size}) and "
+                         f"--samples_per_shard ({samples_per_shard}) must be >= 1")
+    if resize_to is not None and resize_to < 1:
+        raise UsageError(f"--resize_to {resize_to} must be a positive side in pixels (or omitted)")
     try:
         shard_urls(raw)
         index = read_index(raw)
@@ -145,7 +148,10 @@ def run(
     if not ckpt.is_file():
         raise UsageError(f"tokenizer checkpoint not found at {ckpt}; train it with `python main.py fit --config "
                          f"configs/experiment/tokenizer_shapes_stage1.yaml` (then stage2, stage3) or pass --checkpoint")
-    module = load_tokenizer(str(ckpt), map_location=device)
+    from modules.common.devices import require_device
+
+    require_device(device)
+    module = load_tokenizer(str(ckpt), map_location=device)  # weights_only, kind checked: one-line errors
     fingerprint = checkpoint_fingerprint(ckpt)
     encoder = _RawShardEncoder(Path(raw), index, module.tokenizer.to(device).eval(), fingerprint=fingerprint,
                                self_correct=self_correct, topk=topk, variants=variants, batch_size=batch_size,

@@ -8,6 +8,8 @@ interrupted quickstart resumes where it stopped. Training stages run the same
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 import time
@@ -75,23 +77,65 @@ def _done_file(stage_dir: Path) -> Path:
     return stage_dir / "DONE.json"
 
 
+def read_done(stage_dir: Path) -> dict[str, Any] | None:
+    """The stage's recorded result, or None when it has not finished: no DONE.json, or one that is
+    unreadable (a truncated write of an older version): the stage then runs again."""
+    done = _done_file(stage_dir)
+    if not done.is_file():
+        return None
+    try:
+        result = json.loads(done.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as err:
+        print(f"warning: {done} is unreadable ({type(err).__name__}); running stage {stage_dir.name} again",
+              file=sys.stderr)
+        return None
+    if not isinstance(result, dict):
+        print(f"warning: {done} does not hold a result object; running stage {stage_dir.name} again", file=sys.stderr)
+        return None
+    return result
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write to a temp file in the same folder, then rename: readers see the old or the new file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _clear_stage_temp(stage_dir: Path) -> None:
+    """Temp files an interrupted run left: the children's TMPDIR (checkpoint writes go through a
+    temp file there, see `run_main`) and an interrupted DONE.json write."""
+    shutil.rmtree(stage_dir / STAGE_TMP, ignore_errors=True)
+    (stage_dir / ".DONE.json.tmp").unlink(missing_ok=True)
+
+
+STAGE_TMP = ".tmp"  # per-stage TMPDIR of the stage's child processes
+_current_stage: list[Path] = []  # the stage folder run_main's children work for
+
+
 def run_stage(name: str, out: Path, body: Callable[[Path], dict[str, Any]], log: list[dict]) -> dict[str, Any]:
-    """Run `body(stage_dir)` unless the stage finished before; record the result either way."""
+    """Run `body(stage_dir)` unless the stage finished before; record the result either way.
+    DONE.json is written atomically; an unreadable one counts as "not finished"."""
     from rich.console import Console
 
     console = Console()
     stage_dir = out / name
-    done = _done_file(stage_dir)
-    if done.exists():
-        result = json.loads(done.read_text())
+    result = read_done(stage_dir)
+    if result is not None:
         console.print(f"[dim]✓ {name}: reusing {stage_dir} (finished earlier)[/dim]")
     else:
         console.rule(f"[bold]{name}")
         stage_dir.mkdir(parents=True, exist_ok=True)
+        _clear_stage_temp(stage_dir)
         start = time.perf_counter()
-        result = body(stage_dir)
+        _current_stage.append(stage_dir)
+        try:
+            result = body(stage_dir)
+        finally:
+            _current_stage.pop()
         result["seconds"] = round(time.perf_counter() - start, 1)
-        done.write_text(json.dumps(result, indent=1))
+        write_atomic(_done_file(stage_dir), json.dumps(result, indent=1))
+        _clear_stage_temp(stage_dir)
         console.print(f"[green]✓ {name}[/green] in {result['seconds']} s")
     log.append({"stage": name, **result})
     return result
@@ -106,14 +150,107 @@ def write_overlay(path: Path, overlay: dict[str, Any]) -> str:
     return str(path)
 
 
+_children: set[subprocess.Popen] = set()  # running children, killed when the quickstart ends
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Linux: the child gets SIGTERM when the quickstart dies, even by SIGKILL (PR_SET_PDEATHSIG)."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def kill_children(timeout: float = 10.0) -> None:
+    """Terminate every running child (SIGTERM, then SIGKILL after `timeout` s)."""
+    for child in list(_children):
+        if child.poll() is None:
+            child.terminate()
+    for child in list(_children):
+        try:
+            child.wait(timeout)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+        _children.discard(child)
+
+
+def _resume_args(args: tuple[str, ...], stage_dir: Path | None) -> list[str]:
+    """`fit` resumes from the stage's last.ckpt when an interrupted run left one."""
+    last = stage_dir / "last.ckpt" if stage_dir is not None else None
+    if args and args[0] == "fit" and "--ckpt_path" not in args and last is not None and last.is_file():
+        print(f"resuming from {last}", flush=True)
+        return ["--ckpt_path", str(last)]
+    return []
+
+
 def run_main(*args: str) -> None:
-    """Run `python main.py <args>` as a subprocess, streaming its output; fail loudly."""
-    cmd = [sys.executable, str(ROOT / "main.py"), *args]
+    """Run `python main.py <args>` as a subprocess, streaming its output; fail loudly. The child
+    dies with the quickstart (and is killed when it exits or is signalled); its temp files go to
+    the stage's own TMPDIR, cleared by `run_stage`; an interrupted `fit` resumes from last.ckpt."""
+    stage_dir = _current_stage[-1] if _current_stage else None
+    cmd = [sys.executable, str(ROOT / "main.py"), *args, *_resume_args(args, stage_dir)]
+    env = dict(os.environ)
+    if stage_dir is not None:
+        (stage_dir / STAGE_TMP).mkdir(parents=True, exist_ok=True)
+        env["TMPDIR"] = str(stage_dir / STAGE_TMP)
     print("$ " + " ".join(cmd[1:]), flush=True)
-    completed = subprocess.run(cmd, cwd=ROOT)
-    if completed.returncode != 0:  # its own error is printed above; finished stages stay reusable
-        print(f"error: quickstart step failed (exit {completed.returncode}): {' '.join(cmd[1:])}", file=sys.stderr)
-        raise SystemExit(completed.returncode)
+    child = subprocess.Popen(cmd, cwd=ROOT, env=env,
+                             preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+    _children.add(child)
+    try:
+        returncode = child.wait()
+    finally:
+        kill_children()
+    if returncode != 0:  # its own error is printed above; finished stages stay reusable
+        print(f"error: quickstart step failed (exit {returncode}): {' '.join(cmd[1:])}", file=sys.stderr)
+        raise SystemExit(returncode)
+
+
+class OutputLock:
+    """One quickstart per output folder: an exclusive `flock` on <out>/.quickstart.lock, held
+    while the quickstart runs and released by the kernel when it exits or is killed."""
+
+    def __init__(self, out_dir: Path):
+        self.path = out_dir / ".quickstart.lock"
+        self._file = None
+
+    def __enter__(self) -> "OutputLock":
+        import fcntl
+
+        from commands import UsageError
+
+        self._file = open(self.path, "a+")
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._file.seek(0)
+            holder = self._file.read().strip() or "unknown"
+            self._file.close()
+            raise UsageError(f"another quickstart (pid {holder}) is running in {self.path.parent}; wait for it "
+                             "to finish, stop it, or pass another --out") from None
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.write(str(os.getpid()))
+        self._file.flush()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import fcntl
+
+        fcntl.flock(self._file, fcntl.LOCK_UN)
+        self._file.close()
+
+
+def _on_signal(signum, frame) -> None:
+    """SIGTERM / SIGHUP to the quickstart: stop its children too, then exit (128 + signal)."""
+    kill_children()
+    raise SystemExit(128 + signum)
 
 
 # ----------------------------------------------------------------------------- stages
@@ -181,7 +318,7 @@ def stage_geneval_ground_truth(sizes: Sizes) -> Callable[[Path], dict[str, Any]]
 def _trainer_outputs(stage_dir: Path, callbacks: list[dict]) -> dict[str, Any]:
     """Trainer settings that send logs and the `last.ckpt` checkpoint into `stage_dir`."""
     return {"default_root_dir": str(stage_dir),
-            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
+            "logger": {"class_path": "modules.common.loggers.AppendingCSVLogger",  # a resumed fit keeps its rows
                        "init_args": {"save_dir": str(stage_dir), "name": "", "version": ""}},
             "callbacks": [*callbacks, {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
                                        "init_args": {"dirpath": str(stage_dir), "save_last": True, "save_top_k": 0,
@@ -339,6 +476,30 @@ def run(out: str = "runs/quickstart", size: str = "default") -> dict[str, Any]:
         out: folder for every stage's outputs.
         size: `default` (about 30 min on a 2-core CPU) or `toy` (a few steps each; for tests).
     """
+    import signal
+
+    out_dir = Path(out).resolve()
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        from commands import UsageError
+
+        raise UsageError(f"cannot create --out {out_dir}: {err.strerror}; pass a writable folder") from None
+    import threading
+
+    main_thread = threading.current_thread() is threading.main_thread()  # signal handlers only there
+    handlers = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)} if main_thread else {}
+    try:
+        with OutputLock(out_dir):
+            return _run_unlocked(out, size)
+    finally:
+        kill_children()
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
+
+def _run_unlocked(out: str, size: str) -> dict[str, Any]:
+    """`run`'s stages, run while `run` holds the output folder's lock."""
     from rich.console import Console
     from rich.table import Table
 

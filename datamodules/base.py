@@ -5,6 +5,11 @@ samples of one batch share it, e.g. the image size) and how to collate a bucket 
 This class owns the rest: node/worker splitting, shuffling, bucketing, and the epoch length,
 which is the same number of batches on every rank (uneven batch counts hang DDP;
 REFERENCE.md pitfalls) and is set on the loader, not the dataset.
+
+Corrupt samples: `decode` validates each sample and raises `BadSample(reason, ...)`; the sample is
+skipped, warned about once per reason and counted (`SampleCounts`, shared with the workers). Each
+run ends (`teardown`) by printing and logging the skipped counts per reason; more than
+`max_skipped_fraction` of the samples read skipped stops the run with one clear error.
 """
 from __future__ import annotations
 
@@ -16,7 +21,11 @@ import lightning.pytorch as pl
 import torch
 import webdataset as wds
 
-from datamodules.shards import make_stream, num_samples_in, shard_urls
+from datamodules.shards import SampleCounts, make_stream, num_samples_in, shard_urls
+from modules.common.errors import ConfigError, require_positive
+
+# the skipped fraction is judged once this many samples were read (and always at the end)
+MIN_SAMPLES_FOR_FRACTION = 64
 
 
 def bucket_batches(
@@ -52,12 +61,20 @@ class ShardDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
         shuffle_buffer: int = 256,
+        max_skipped_fraction: float = 0.1,
     ):
         super().__init__()
+        require_positive(batch_size=batch_size, val_batch_size=val_batch_size, shuffle_buffer=shuffle_buffer)
+        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+            raise ConfigError(f"num_workers must be an integer >= 0, got {num_workers!r}")
+        if not 0.0 <= max_skipped_fraction <= 1.0:
+            raise ConfigError(f"max_skipped_fraction {max_skipped_fraction} is not a fraction; use a value in [0, 1]")
         self.train_dir, self.val_dir = train_dir, val_dir
         self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
         self.num_workers, self.seed, self.shuffle_buffer = num_workers, seed, shuffle_buffer
+        self.max_skipped_fraction = max_skipped_fraction
         self.skipped_counters: list = []
+        self.sample_counts = {"train": SampleCounts(num_workers), "val": SampleCounts(num_workers)}
 
     # --------------------------------------------------------------- subclass hooks
     def decode(self, sample: dict[str, Any]) -> Any:
@@ -86,13 +103,13 @@ class ShardDataModule(pl.LightningDataModule):
         """Equal on every rank: the samples one rank would see in a pass, in whole batches."""
         total = num_samples_in(directory)
         if total < self.world_size * batch_size:
-            raise ValueError(f"{directory} holds {total} samples, fewer than one batch of {batch_size} on each of "
+            raise ConfigError(f"{directory} holds {total} samples, fewer than one batch of {batch_size} on each of "
                              f"{self.world_size} rank(s); lower the batch size or write more samples")
         return total // (self.world_size * batch_size)
 
     def _loader(self, directory: str | list[str] | None, batch_size: int, train: bool):
         if directory is None:
-            raise ValueError(
+            raise ConfigError(
                 f"{type(self).__name__} has no {'train_dir' if train else 'val_dir'}; set "
                 f"`data.init_args.{'train_dir' if train else 'val_dir'}` in the config"
             )
@@ -106,6 +123,7 @@ class ShardDataModule(pl.LightningDataModule):
             world_size=self.world_size,
             num_workers=self.num_workers,
             shuffle_buffer=self.shuffle_buffer,
+            counts=self.sample_counts["train" if train else "val"],
         )
         self.skipped_counters.append(counter)
         batched = stream.compose(
@@ -122,5 +140,36 @@ class ShardDataModule(pl.LightningDataModule):
         return self._loader(self.val_dir, self.val_batch_size, train=False)
 
     def skipped_samples(self) -> int:
-        """Corrupt samples skipped in this process (workers count their own and warn)."""
-        return sum(c.skipped for c in self.skipped_counters)
+        """Corrupt samples skipped so far in this run (dataloader workers included)."""
+        return sum(c.skipped for c in self.sample_counts.values())
+
+    def skipped_by_reason(self) -> dict[str, dict[str, int]]:
+        """{"train"/"val": {reason: count}} for the splits that skipped anything."""
+        return {split: c.per_reason() for split, c in self.sample_counts.items() if c.skipped}
+
+    def check_skipped_fraction(self, final: bool = False) -> None:
+        """ConfigError when more than `max_skipped_fraction` of the samples read were skipped."""
+        for split, c in self.sample_counts.items():
+            read = c.read
+            if read and (final or read >= MIN_SAMPLES_FOR_FRACTION) and c.skipped > self.max_skipped_fraction * read:
+                raise ConfigError(f"{split} data {getattr(self, f'{split}_dir', None)}: {c.summary()}, more than "
+                                  f"max_skipped_fraction={self.max_skipped_fraction}; fix or rewrite the shards "
+                                  "(or raise data.init_args.max_skipped_fraction)")
+
+    def on_before_batch_transfer(self, batch, dataloader_idx):
+        self.check_skipped_fraction()
+        return batch
+
+    def teardown(self, stage: str) -> None:
+        """End of a run: print and log the skipped samples per reason, then judge the fraction."""
+        stage = getattr(stage, "value", stage)  # Lightning passes its TrainerFn enum
+        for split, c in self.sample_counts.items():
+            if not c.read:
+                continue
+            print(f"data ({split}, {stage}): {c.summary()}", flush=True)
+            trainer = self.trainer
+            if trainer is not None and trainer.logger is not None and c.skipped:
+                metrics = {f"data/{split}_skipped_{reason}": float(n) for reason, n in c.per_reason().items()}
+                metrics[f"data/{split}_skipped"] = float(c.skipped)
+                trainer.logger.log_metrics(metrics, step=trainer.global_step)
+        self.check_skipped_fraction(final=True)

@@ -22,29 +22,74 @@ import numpy as np
 import torch
 
 from datamodules.base import ShardDataModule
-from datamodules.shards import decode_npy
+from datamodules.shards import BadSample, decode_npy
+from modules.common.errors import ConfigError, require_positive
 from modules.common.sequence import split_scales
 from modules.common.scale_schedule import ScaleSchedule
 from modules.text import build_text_tokenizer
 
 
+def _codes(sample: dict[str, Any], key: str, T: int, codebook: int) -> np.ndarray:
+    """An index array of a sample as (rows, T) int64, validated: integer dtype, whole rows of the
+    schedule's T tokens, ids in [0, codebook)."""
+    try:
+        a = decode_npy(sample[key])
+    except Exception as err:  # noqa: BLE001 - not an .npy payload
+        raise BadSample("undecodable", f"{key}: not a readable .npy array ({err})") from None
+    if a.dtype.kind not in "ui":
+        raise BadSample("dtype", f"{key} has dtype {a.dtype}; token ids must be integers")
+    if a.size == 0 or a.size % T:
+        raise BadSample("shape", f"{key} has shape {a.shape}, not rows of the {T} tokens its grids give")
+    lo, hi = int(a.min()), int(a.max())
+    if lo < 0 or hi >= codebook:
+        raise BadSample("id_range", f"{key} holds ids in [{lo}, {hi}], outside the codebook [0, {codebook})")
+    return a.reshape(-1, T).astype(np.int64)
+
+
 def decode_pretokenized_item(sample: dict[str, Any], encode_text, *, variant: int | None,
-                             rng: np.random.Generator) -> dict[str, Any]:
-    meta = sample["json"] if isinstance(sample["json"], dict) else json.loads(sample["json"])
-    schedule = ScaleSchedule(tuple(tuple(int(x) for x in g) for g in meta["grids"]))
+                             rng: np.random.Generator, expect_fingerprint: str | None = None,
+                             expect_codebook_size: int | None = None) -> dict[str, Any]:
+    """A pretokenised sample -> item, validated (a failure raises `BadSample`: skipped, counted by
+    reason): json with positive grids, a positive codebook_size (= `expect_codebook_size`, the AR
+    model's, when given), a text, the tokenizer fingerprint = `expect_fingerprint` when both are
+    known; targets / inputs / variant_targets of integer ids in [0, codebook_size), whole rows of
+    the schedule's token count."""
+    for key in ("json", "targets.npy"):
+        if key not in sample:
+            raise BadSample("missing_key", f"no {key!r} entry (has {sorted(k for k in sample if not k.startswith('__'))})")
+    try:
+        meta = sample["json"] if isinstance(sample["json"], dict) else json.loads(sample["json"])
+        schedule = ScaleSchedule(tuple(tuple(int(x) for x in g) for g in meta["grids"]))
+        if any(len(g) != 2 or min(g) < 1 for g in schedule.grids):
+            raise ValueError(f"grids {meta['grids']} are not positive (h, w) pairs")
+    except Exception as err:  # noqa: BLE001 - malformed JSON, missing or bad grids
+        raise BadSample("bad_meta", f"json: {type(err).__name__}: {err}") from None
+    codebook = meta.get("codebook_size")
+    if isinstance(codebook, bool) or not isinstance(codebook, int) or codebook < 1:
+        raise BadSample("bad_meta", f"json codebook_size {codebook!r} is not a positive integer")
+    if expect_codebook_size is not None and codebook != expect_codebook_size:
+        raise BadSample("codebook_size", f"codebook_size {codebook} but the model expects {expect_codebook_size}")
+    fingerprint = meta.get("tokenizer_fingerprint")
+    if expect_fingerprint and fingerprint and fingerprint != expect_fingerprint:
+        raise BadSample("fingerprint", f"pretokenised by tokenizer {fingerprint} but the model uses {expect_fingerprint}")
+    text = meta.get("text")
+    if not isinstance(text, str):
+        raise BadSample("missing_caption", f"json text is {text!r}; every sample needs its caption")
     T = schedule.token_count
-    clean = decode_npy(sample["targets.npy"]).reshape(-1)
-    inputs = decode_npy(sample["inputs.npy"]).reshape(-1, T) if "inputs.npy" in sample else clean[None]
-    paired = decode_npy(sample["variant_targets.npy"]).reshape(-1, T) if "variant_targets.npy" in sample else clean[None]
+    clean = _codes(sample, "targets.npy", T, codebook)
+    if len(clean) != 1:
+        raise BadSample("shape", f"targets.npy holds {len(clean)} rows of {T} tokens; expected one")
+    clean = clean[0]
+    inputs = _codes(sample, "inputs.npy", T, codebook) if "inputs.npy" in sample else clean[None]
+    paired = _codes(sample, "variant_targets.npy", T, codebook) if "variant_targets.npy" in sample else clean[None]
     v = int(rng.integers(len(inputs))) if variant is None else variant % len(inputs)
 
     def maps(a):
         return split_scales(torch.from_numpy(np.asarray(a).astype(np.int64)), schedule)
 
-    return {"task": meta.get("task", "t2i"), "text_ids": encode_text(meta.get("text", "")), "schedule": schedule,
+    return {"task": meta.get("task", "t2i"), "text_ids": encode_text(text), "schedule": schedule,
             "targets": maps(paired[v % len(paired)]), "inputs": maps(inputs[v]), "clean_targets": maps(clean),
-            "key": sample.get("__key__"), "fingerprint": meta.get("tokenizer_fingerprint"),
-            "codebook_size": meta.get("codebook_size")}
+            "key": sample.get("__key__"), "fingerprint": fingerprint, "codebook_size": codebook}
 
 
 class PretokenizedDataModule(ShardDataModule):
@@ -63,8 +108,10 @@ class PretokenizedDataModule(ShardDataModule):
                  train_dirs: dict[str, str] | None = None, phase: str | None = None, batch_size: int = 8,
                  val_batch_size: int | None = None, num_workers: int = 0, text_tokenizer: str | None = None,
                  text_tokenizer_path: str | None = None, length_bin: int = 256, variant: int | None = None,
-                 seed: int = 0, shuffle_buffer: int = 256):
-        super().__init__(train_dir, val_dir, batch_size, val_batch_size, num_workers, seed, shuffle_buffer)
+                 seed: int = 0, shuffle_buffer: int = 256, max_skipped_fraction: float = 0.1):
+        super().__init__(train_dir, val_dir, batch_size, val_batch_size, num_workers, seed, shuffle_buffer,
+                         max_skipped_fraction)
+        require_positive(length_bin=length_bin)
         self.train_dirs = {str(k): v for k, v in (train_dirs or {}).items()}
         self.length_bin, self.variant = length_bin, variant
         self.text_tokenizer_kind = text_tokenizer
@@ -90,11 +137,19 @@ class PretokenizedDataModule(ShardDataModule):
     def set_phase(self, phase: str) -> None:
         phase = str(phase)
         if phase not in self.train_dirs:
-            raise ValueError(f"curriculum phase {phase!r} has no shard directory; train_dirs has {sorted(self.train_dirs)}")
+            raise ConfigError(f"curriculum phase {phase!r} has no shard directory; train_dirs has {sorted(self.train_dirs)}")
         self.phase, self.train_dir = phase, self.train_dirs[phase]
 
+    def setup(self, stage: str) -> None:
+        """Validate samples against the model being trained: its tokenizer fingerprint and codebook."""
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        self.expect_fingerprint = getattr(module, "tokenizer_fingerprint", None)
+        self.expect_codebook_size = getattr(getattr(module, "config", None), "codebook_size", None)
+
     def decode(self, sample):
-        return decode_pretokenized_item(sample, self.text_tokenizer.encode, variant=self.variant, rng=self._rng)
+        return decode_pretokenized_item(sample, self.text_tokenizer.encode, variant=self.variant, rng=self._rng,
+                                        expect_fingerprint=getattr(self, "expect_fingerprint", None),
+                                        expect_codebook_size=getattr(self, "expect_codebook_size", None))
 
     def decode_train(self, sample):
         return {**self.decode(sample), "train": True}  # the batcher applies condition dropout to these

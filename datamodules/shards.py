@@ -1,5 +1,6 @@
 """webdataset shards: writing (atomic, resumable, with a progress bar) and reading (DDP-safe
-splitting, corrupt-sample skipping with counts).
+splitting, corrupt-sample skipping with counts per reason: decoders validate each sample and
+raise `BadSample(reason, ...)`; `SampleCounts` keeps the tallies across dataloader workers).
 
 Layout of a shard directory::
 
@@ -172,25 +173,87 @@ def num_samples_in(location: Locations) -> int:
     return sum(int(read_index(loc)["total"]) for loc in _as_list(location))
 
 
-class CorruptSampleCounter:
-    """Skips samples whose decoding fails, warning once per sample and keeping a count (per
-    process; each dataloader worker counts its own)."""
+# Why a sample is skipped; decoders raise BadSample(reason, message) after validating a sample.
+SKIP_REASONS = ("undecodable", "missing_key", "bad_image", "image_size", "label_shape", "bad_meta", "missing_caption",
+                "dtype", "shape", "id_range", "codebook_size", "fingerprint")
 
-    def __init__(self, decode: Callable[[dict], Any]):
+
+class BadSample(ValueError):
+    """A sample that fails validation: skipped and counted under `reason` (one of SKIP_REASONS)."""
+
+    def __init__(self, reason: str, message: str):
+        if reason not in SKIP_REASONS:
+            raise ValueError(f"unknown skip reason {reason!r}; one of {SKIP_REASONS}")
+        super().__init__(message)
+        self.reason = reason
+
+
+class SampleCounts:
+    """Samples read and skipped per reason, in shared memory: dataloader workers (one row each,
+    row 0 = the main process) count into the same tensor the main process reports from."""
+
+    def __init__(self, num_workers: int = 0):
+        import torch
+
+        self.table = torch.zeros(max(0, num_workers) + 1, len(SKIP_REASONS) + 1, dtype=torch.long).share_memory_()
+
+    def _row(self) -> int:
+        from torch.utils.data import get_worker_info
+
+        info = get_worker_info()
+        return 0 if info is None else min(info.id + 1, self.table.shape[0] - 1)
+
+    def count(self, reason: str | None) -> int:
+        """Count one sample read (`reason` None) or skipped; returns the run's total for that reason."""
+        col = 0 if reason is None else 1 + SKIP_REASONS.index(reason)
+        self.table[self._row(), col] += 1
+        return int(self.table[:, col].sum())
+
+    @property
+    def read(self) -> int:
+        return int(self.table[:, 0].sum()) + self.skipped
+
+    @property
+    def skipped(self) -> int:
+        return int(self.table[:, 1:].sum())
+
+    def per_reason(self) -> dict[str, int]:
+        sums = self.table[:, 1:].sum(0).tolist()
+        return {reason: int(n) for reason, n in zip(SKIP_REASONS, sums) if n}
+
+    def summary(self) -> str:
+        reasons = ", ".join(f"{k} {v}" for k, v in self.per_reason().items()) or "none"
+        return f"skipped {self.skipped} of {self.read} samples read ({reasons})"
+
+
+class CorruptSampleCounter:
+    """Skips samples whose decoding or validation fails, counting them per reason (`SampleCounts`,
+    shared with the workers) and warning once per reason per run."""
+
+    def __init__(self, decode: Callable[[dict], Any], counts: SampleCounts | None = None):
         self.decode = decode
-        self.skipped = 0
+        self.counts = counts if counts is not None else SampleCounts()
+
+    @property
+    def skipped(self) -> int:
+        return self.counts.skipped
 
     def __call__(self, samples: Iterable[dict]) -> Iterator[Any]:
         for sample in samples:
             try:
-                yield self.decode(sample)
+                item = self.decode(sample)
             except Exception as err:  # noqa: BLE001 - any decode failure means a corrupt sample
-                self.skipped += 1
-                warnings.warn(
-                    f"skipped corrupt sample {sample.get('__key__')!r} from {sample.get('__url__')!r}: "
-                    f"{type(err).__name__}: {err} ({self.skipped} skipped so far in this process)",
-                    stacklevel=2,
-                )
+                reason = err.reason if isinstance(err, BadSample) else "undecodable"
+                if self.counts.count(reason) == 1:  # the first of its kind in this run
+                    warnings.warn(
+                        f"skipped corrupt sample {sample.get('__key__')!r} from {sample.get('__url__')!r} "
+                        f"({reason}): {type(err).__name__}: {err}; further {reason} samples are skipped "
+                        "silently and counted (summary at the end of the run)",
+                        stacklevel=2,
+                    )
+                continue
+            self.counts.count(None)
+            yield item
 
 
 def _warn_and_count_tar_errors(exn: Exception) -> bool:
@@ -208,6 +271,7 @@ def make_stream(
     world_size: int,
     num_workers: int,
     shuffle_buffer: int = 256,
+    counts: SampleCounts | None = None,
 ) -> tuple[wds.WebDataset, CorruptSampleCounter]:
     """A webdataset pipeline split by node and by worker (REFERENCE.md pitfalls: the node
     splitter must be passed explicitly). With fewer shards than ranks×workers the shard list is
@@ -231,7 +295,7 @@ def make_stream(
     )
     if shuffle:
         dataset = dataset.shuffle(shuffle_buffer, rng=random.Random(seed))
-    counter = CorruptSampleCounter(decode)
+    counter = CorruptSampleCounter(decode, counts)
     return dataset.compose(counter), counter
 
 

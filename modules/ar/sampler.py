@@ -409,7 +409,9 @@ def load_generator(ckpt_path: str, map_location: str = "cpu",
         raise FileNotFoundError(f"AR checkpoint not found at {p}; train one with `python main.py fit "
                                 "--config "
                                 "configs/experiment/<ar experiment>.yaml` or pass the right --ckpt path")
-    raw = torch.load(p, map_location=map_location, weights_only=False)
+    from modules.common.checkpoints import load_checkpoint
+
+    raw = load_checkpoint(p, "ar", what="AR checkpoint", map_location=map_location)  # weights_only=True
     if isinstance(raw, dict) and "ar_config" in raw:
         # sampler checkpoints written before the RoPE layout was a config field used "sectioned"
         model = ARDecoder(ARConfig(**{"rope_layout": "sectioned", **raw["ar_config"]}))
@@ -430,7 +432,7 @@ def load_generator(ckpt_path: str, map_location: str = "cpu",
         raise ValueError(f"{p} is neither a sampler checkpoint ('ar_config') nor a Lightning checkpoint "
                          "('state_dict')")
     tok = tokenizer_ckpt or hp.get("tokenizer_ckpt")
-    module = ARModule.load_from_checkpoint(str(p), map_location=map_location, weights_only=False,
+    module = ARModule.load_from_checkpoint(str(p), map_location=map_location, weights_only=True,
                                            tokenizer_ckpt=tok)
     model = next((m for m in module.modules() if isinstance(m, ARDecoder)), None)
     if model is None:

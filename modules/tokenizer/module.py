@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
+from modules.common.checkpoints import load_checkpoint
+from modules.common.errors import ConfigError
 from modules.common.lr_schedule import warmup_cosine
 from modules.tokenizer.branches import CNNDecoder, widen_decoder
 from modules.tokenizer.losses import (PatchDiscriminator, PerceptualLoss, adaptive_gan_weight, edge_weighted_l2,
@@ -150,11 +152,14 @@ class TokenizerModule(pl.LightningModule):
             raise FileNotFoundError(
                 f"init_ckpt {p} not found; train the previous tokenizer stage first (e.g. `python main.py fit "
                 f"--config configs/experiment/tokenizer_shapes_stage1.yaml`) or fix `model.init_args.init_ckpt`")
-        state = torch.load(p, map_location="cpu", weights_only=False)["state_dict"]
+        state = load_checkpoint(p, "tokenizer", what="init_ckpt")["state_dict"]  # weights_only, kind checked
         own = self.state_dict()
         changed = {".".join(k.split(".")[:2]) for k, v in state.items() if k in own and own[k].shape != v.shape}
         keep = {k: v for k, v in state.items() if k in own and ".".join(k.split(".")[:2]) not in changed
                 and not k.startswith(("teacher.", "perceptual.", "disc."))}
+        if not keep:
+            raise ConfigError(f"init_ckpt {p} shares no tensor with this tokenizer (different architecture); "
+                              f"pass a checkpoint of the previous stage of this tokenizer config")
         self.load_state_dict(keep, strict=False)
         widened = False
         if "tokenizer.pixel_decoder" in changed:  # stage 3: a wider decoder starts as the old one
