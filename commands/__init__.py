@@ -31,15 +31,19 @@ def one_line(message: object) -> str:
 
 
 def user_error(err: BaseException, parse: bool = False) -> BaseException | None:
-    """The user's mistake behind `err`: the innermost ConfigError or file-system error along its
-    cause chain (jsonargparse wraps the errors of the classes it instantiates); for errors of the
-    parser itself (`parse`: a value of the wrong type, an unknown key) the parser's own message,
-    which names the key."""
+    """The user's mistake behind `err`, along its cause chain (jsonargparse wraps the errors of the
+    classes it instantiates): the outermost ConfigError (the project's own messages, the outer ones
+    adding context such as the sweep point), else the innermost file-system error; for errors of
+    the parser itself (`parse`: a value of the wrong type, an unknown key) the parser's own
+    message, which names the key."""
     chain, seen = [], set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))
         chain.append(err)
         err = err.__cause__ or err.__context__
+    for candidate in chain:
+        if isinstance(candidate, ConfigError):
+            return candidate
     for candidate in reversed(chain):
         if is_user_error(candidate):
             return candidate

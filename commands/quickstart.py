@@ -47,13 +47,11 @@ class Sizes:
         if name == "default":
             return cls(train_scenes=3000, val_scenes=256, train128_scenes=1500, geneval_images_per_prompt=1,
                        geneval_prompts=None, tokenizer_steps=None, ar_steps=700, ar_minutes=10,
-                       # no scale dropping: with NF's 50 % the codes came out more spread (val
-                       # perplexity 151 vs 88 of 256) and AR models trained on such codes stayed near
-                       # GenEval 0 (0.18 without, 128 px); the stage configs keep 0.5
+                       # no scale dropping in stages 1-2 (the stage configs keep NF's 0.5; the README
+                       # has the measurement behind this choice)
                        tokenizer_scale_drop=0.0,
-                       # no 128 px phase: 50 steps of it (all the budget allows) took a 583-step
-                       # model's GenEval at 128 px from 0.18 to 0.02; the normalised 3D RoPE
-                       # carries the 64 px model to the 128 px grid it is scored on
+                       # one resolution, 64 px, trained and scored: the budget allows no useful
+                       # 128 px phase (README)
                        ar_switch_step=None,
                        ar_batches_per_epoch=40,
                        # scored at 64 px, the resolution the AR model trains at (its scale embeddings

@@ -153,7 +153,7 @@ CASES = [
     ("fit-tok-missing-raw", lambda f: tok_fit(f, "--data.init_args.train_dir=nope_raw"), "nope_raw"),
     ("validate-ckpt-missing", lambda f: ar(f, "validate", "--ckpt_path=nope.ckpt"), "nope.ckpt"),
     ("validate-ckpt-wrong-kind", lambda f: ar(f, "validate", f"--ckpt_path={f['tok']}"), "tokenizer checkpoint"),
-    ("test-ckpt-junk", lambda f: ar(f, "test", f"--ckpt_path={f['junk']}"), "junk.ckpt"),
+    ("test-not-offered", lambda f: ar(f, "test", f"--ckpt_path={f['junk']}"), "main.py validate"),
 ]
 
 

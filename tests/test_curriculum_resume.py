@@ -24,7 +24,8 @@ class Spy(pl.Callback):
         self.seen = {}
 
     def on_train_batch_start(self, trainer, module, batch, idx):
-        self.seen[trainer.global_step] = (batch[0]["schedule"].final_grid, module.alpha)
+        grid = batch.images[0].schedule.final_grid  # collated in the loader by the model's batcher (IndexBatch)
+        self.seen[trainer.global_step] = (grid, module.alpha)
 
 
 def fit(tmp_path, dirs, ckpt=None, save_dir=None):
