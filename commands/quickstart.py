@@ -417,7 +417,8 @@ def stage_validate(sizes: Sizes, data: dict, tokenizer_ckpt: str, ar_ckpt: str |
         bench = {"class_path": "callbacks.evaluation.BenchmarkCallback",
                  "init_args": {"validate_suite": {**sizes.suite, "train_captions": [data["64"], data["128"]]},
                                "out_dir": str(stage_dir),
-                               "sampling": {"top_k": 8, "guidance": 2.0, "seed": 0}}}
+                               "sampling": {"top_k": 8, "guidance": 5.0, "guidance_schedule": "constant",
+                                            "seed": 0}}}
         overlay = _ar_overlay(sizes, data, tokenizer_ckpt, stage_dir, [bench])
         args = ["validate", "--config", str(EXPERIMENTS / "ar_shapes_t2i.yaml"),
                 "--config", write_overlay(stage_dir / "overlay.yaml", overlay)]

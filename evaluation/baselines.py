@@ -25,7 +25,7 @@ from shapes.render import render
 from shapes.scene import MIN_OBJECT_PX, Scene
 from shapes.split import sample_training_scene, split_of, training_scene_for_prompt
 
-from evaluation.suite import SuiteConfig
+from evaluation.suite import SuiteConfig, scene_kwargs
 
 BASELINES = ("random_scenes", "ground_truth")
 
@@ -85,14 +85,15 @@ class GroundTruthGenerator:
         w, h = cfg.width, cfg.height
         self.metas = {m["prompt"]: m for m in load_prompts(cfg.geneval_prompts or DEFAULT_PROMPTS_PATH)}
         self.dpg = {it["prompt"]: Scene.from_dict(it["scene"])
-                    for it in dpg_items(cfg.dpg_prompts, seed=cfg.seed, width=w, height=h)} if cfg.dpg_prompts else {}
+                    for it in dpg_items(cfg.dpg_prompts, seed=cfg.seed, width=w, height=h, **scene_kwargs(cfg))} if cfg.dpg_prompts else {}
         self.edits: dict[tuple[bytes, str], np.ndarray] = {}
         if cfg.editcanvas_per_task:
             for s in shapes_editcanvas_set(seed=cfg.seed, per_task=cfg.editcanvas_per_task, width=w, height=h):
                 images = sample_images(s)
                 self.edits[(images["source"].tobytes(), s.get("instruction") or s["prompt"])] = images["target"]
         self.answers = {(it["image"].tobytes(), it["question"]): it["answer"]
-                        for it in understanding_items(cfg.understanding_scenes, seed=cfg.seed, width=w, height=h)} \
+                        for it in understanding_items(cfg.understanding_scenes, seed=cfg.seed, width=w, height=h,
+                                                    **scene_kwargs(cfg))} \
             if cfg.understanding_scenes else {}
 
     def text_to_image(self, prompts: list[str], height: int, width: int, seed: int) -> list[np.ndarray]:

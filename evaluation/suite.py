@@ -61,7 +61,7 @@ class SuiteConfig:
     min_object_px: float | None = None
 
 
-def _scene_kwargs(cfg: SuiteConfig) -> dict[str, Any]:
+def scene_kwargs(cfg: SuiteConfig) -> dict[str, Any]:
     return {} if cfg.min_object_px is None else {"min_object_px": cfg.min_object_px}
 
 
@@ -102,7 +102,7 @@ def run_dpg(gen: Generator, out: Path, cfg: SuiteConfig) -> dict:
     from evaluation.grids import image_grid
     from evaluation.shapes_vqa import ShapesOracleVQA
 
-    items = dpg_items(cfg.dpg_prompts, seed=cfg.seed, width=cfg.width, height=cfg.height, **_scene_kwargs(cfg))
+    items = dpg_items(cfg.dpg_prompts, seed=cfg.seed, width=cfg.width, height=cfg.height, **scene_kwargs(cfg))
     out.mkdir(parents=True, exist_ok=True)
     write_dpg_csv(items, out / "dpg_questions.csv")
     images = {}
@@ -143,7 +143,7 @@ def run_understanding(gen: Generator, out: Path, cfg: SuiteConfig) -> dict:
     from evaluation.understanding import score_understanding, understanding_items
 
     items = understanding_items(cfg.understanding_scenes, seed=cfg.seed, width=cfg.width, height=cfg.height,
-                                **_scene_kwargs(cfg))
+                                **scene_kwargs(cfg))
     res = score_understanding(items, gen.answer)
     out.write_text(json.dumps({k: v for k, v in res.items()}, indent=1, default=str))
     return {k: v for k, v in res.items() if k not in ("records",)}
