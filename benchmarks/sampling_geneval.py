@@ -87,28 +87,16 @@ def run(ckpt: str, sampling: list[str], vary: dict[str, list] | None = None, out
     from rich.table import Table
 
     from evaluation.suite import SuiteConfig, headline, run_suite
-    from modules.ar.generator import ARGenerator
-    from modules.ar.sampler import load_generator
+    from modules.ar.generator import ARGenerator, load_ar_and_tokenizer
     from modules.text.tokenizers import build_text_tokenizer
-    from modules.tokenizer import load_tokenizer
 
     points = sampling_points(list(sampling), vary)  # every file and key checked before any work
+    from modules.common.errors import ConfigError
+
     try:
-        model, meta = load_generator(ckpt, map_location=device, tokenizer_ckpt=tokenizer_ckpt)
-    except (FileNotFoundError, ValueError) as err:
+        model, meta, tokenizer, tok_path = load_ar_and_tokenizer(ckpt, tokenizer_ckpt, device)
+    except ConfigError as err:
         raise InputError(str(err)) from None
-    tok_path = tokenizer_ckpt or meta.get("tokenizer_ckpt")
-    if tok_path is None:
-        raise InputError("no tokenizer checkpoint: pass --tokenizer_ckpt (the TokenizerModule checkpoint "
-                         "whose codebook the AR model was trained on)")
-    try:
-        tokenizer = load_tokenizer(tok_path, map_location=device)
-    except FileNotFoundError as err:
-        raise InputError(str(err)) from None
-    if tokenizer.codebook_size != model.config.codebook_size:
-        raise InputError(f"tokenizer {tok_path} has codebook_size {tokenizer.codebook_size} but the AR "
-                         f"checkpoint {ckpt} expects {model.config.codebook_size}; pass the tokenizer it was "
-                         "trained with")
     text = build_text_tokenizer(meta.get("text_tokenizer") or "bytes", meta.get("text_tokenizer_path"),
                                 model.config.text_vocab_size)
     suite = SuiteConfig(geneval_prompts=geneval_prompts, geneval_limit=geneval_limit,

@@ -203,8 +203,7 @@ def run(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from modules.ar.sampler import (answer, describe_scale_counts, edit_images, generate_images, load_generator,
-                                    tokenizer_mismatch, untrained_scale_counts)
+    from modules.ar.sampler import answer, describe_scale_counts, edit_images, generate_images, untrained_scale_counts
     from modules.common.scale_schedule import ScaleSchedule
     from modules.text.tokenizers import build_text_tokenizer
 
@@ -216,33 +215,9 @@ def run(
     cfg = load_sampling(sampling)
     items = read_prompt_file(prompts, task)[:limit]
     base = Path(prompts).expanduser().resolve().parent
-    try:
-        model, meta = load_generator(ckpt, map_location=device, tokenizer_ckpt=tokenizer_ckpt)
-    except (FileNotFoundError, ValueError) as err:
-        raise UsageError(str(err)) from None
-    tok_path = tokenizer_ckpt or meta.get("tokenizer_ckpt")
-    if tok_path is None:
-        raise UsageError("no tokenizer checkpoint: pass --tokenizer_ckpt (the TokenizerModule checkpoint "
-                         "whose codebook the AR model was trained on)")
-    from modules.tokenizer import load_tokenizer
+    from modules.ar.generator import load_ar_and_tokenizer
 
-    try:
-        tokenizer = load_tokenizer(tok_path, map_location=device)
-    except FileNotFoundError as err:
-        raise UsageError(str(err)) from None
-    if tokenizer.codebook_size != model.config.codebook_size:
-        raise UsageError(f"tokenizer {tok_path} has codebook_size {tokenizer.codebook_size} but the AR "
-                         f"checkpoint {ckpt} expects {model.config.codebook_size}; pass the tokenizer it was "
-                         "trained with")
-    why = tokenizer_mismatch(model, tokenizer.code_embeddings())
-    if why is not None:
-        from modules.tokenizer import checkpoint_fingerprint
-
-        trained = meta.get("tokenizer_fingerprint")
-        raise UsageError(f"tokenizer {tok_path} (file {checkpoint_fingerprint(tok_path)}) does not match the AR "
-                         f"checkpoint {ckpt}: its {why}; the AR model was trained with "
-                         f"{'tokenizer file ' + trained if trained else 'another tokenizer'}: pass that one "
-                         "with --tokenizer_ckpt")
+    model, meta, tokenizer, tok_path = load_ar_and_tokenizer(ckpt, tokenizer_ckpt, device)
     text_tok = build_text_tokenizer(text_tokenizer or meta.get("text_tokenizer") or "bytes",
                                     text_tokenizer_path or meta.get("text_tokenizer_path"),
                                     model.config.text_vocab_size)

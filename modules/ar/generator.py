@@ -67,3 +67,38 @@ class ARGenerator:
             ids = answer(self.model, src, [self.text.encode(q) for q in questions[i:i + self.batch_size]], cfg)
             out += [self.text.decode(t) for t in ids]
         return out
+
+
+def load_ar_and_tokenizer(ckpt: str, tokenizer_ckpt: str | None = None, device: str = "cpu"):
+    """(model, meta, tokenizer, tokenizer path) for an AR (or RL) checkpoint and the tokenizer it
+    was trained with (`tokenizer_ckpt` overrides the path the checkpoint recorded). Every mismatch
+    a user can cause (missing file, no tokenizer path, another codebook, code embeddings other
+    than the AR model's) raises one ConfigError naming the paths and the fix."""
+    from modules.ar.sampler import load_generator, tokenizer_mismatch
+    from modules.common.errors import ConfigError
+    from modules.tokenizer import checkpoint_fingerprint, load_tokenizer
+
+    try:
+        model, meta = load_generator(ckpt, map_location=device, tokenizer_ckpt=tokenizer_ckpt)
+    except (FileNotFoundError, ValueError) as err:
+        raise ConfigError(str(err)) from None
+    tok_path = tokenizer_ckpt or meta.get("tokenizer_ckpt")
+    if tok_path is None:
+        raise ConfigError("no tokenizer checkpoint: pass --tokenizer_ckpt (the TokenizerModule checkpoint "
+                          "whose codebook the AR model was trained on)")
+    try:
+        tokenizer = load_tokenizer(tok_path, map_location=device)
+    except FileNotFoundError as err:
+        raise ConfigError(str(err)) from None
+    if tokenizer.codebook_size != model.config.codebook_size:
+        raise ConfigError(f"tokenizer {tok_path} has codebook_size {tokenizer.codebook_size} but the AR "
+                          f"checkpoint {ckpt} expects {model.config.codebook_size}; pass the tokenizer it was "
+                          "trained with")
+    why = tokenizer_mismatch(model, tokenizer.code_embeddings())
+    if why is not None:
+        trained = meta.get("tokenizer_fingerprint")
+        raise ConfigError(f"tokenizer {tok_path} (file {checkpoint_fingerprint(tok_path)}) does not match the AR "
+                          f"checkpoint {ckpt}: its {why}; the AR model was trained with "
+                          f"{'tokenizer file ' + trained if trained else 'another tokenizer'}: pass that one "
+                          "with --tokenizer_ckpt")
+    return model, meta, tokenizer, tok_path
