@@ -74,6 +74,21 @@ def report(err: BaseException) -> int:
     return 2
 
 
+def one_line_errors(call) -> int:
+    """Run `call()`: 0 on success; a user error (one found along the cause chain, or the parser's
+    own) printed as one line with exit status 2; anything else re-raised."""
+    from jsonargparse import ArgumentError
+
+    try:
+        call()
+    except Exception as err:  # noqa: BLE001 - user errors become one line; anything else is re-raised
+        found = user_error(err, parse=isinstance(err, ArgumentError))
+        if found is None:
+            raise
+        return report(found)
+    return 0
+
+
 def run_project_command(name: str, argv: list[str]) -> int:
     from jsonargparse import CLI
 
@@ -90,37 +105,21 @@ def run_project_command(name: str, argv: list[str]) -> int:
             require_device(kwargs["device"])
         return module.run(*args, **kwargs)
 
-    try:
-        CLI(run, args=argv, as_positional=False, parser_mode="omegaconf+", prog=f"main.py {name}",
-            exit_on_error=False)
-    except Exception as err:  # noqa: BLE001 - user errors become one line; anything else is re-raised
-        from jsonargparse import ArgumentError
-
-        found = user_error(err, parse=isinstance(err, ArgumentError))
-        if found is None:
-            raise
-        return report(found)
-    return 0
+    return one_line_errors(lambda: CLI(run, args=argv, as_positional=False, parser_mode="omegaconf+",
+                                       prog=f"main.py {name}", exit_on_error=False))
 
 
 def run_lightning(argv: list[str]) -> int:
     """`fit` / `validate` through the project's LightningCLI (config composition, safe and
     kind-checked `--ckpt_path`, quiet logs); user errors become one line with exit 2."""
-    from jsonargparse import ArgumentError
     from lightning.pytorch.cli import LightningCLI
 
     from commands.lightning_cli import ProjectCLI, quiet_lightning
 
     quiet_lightning()
-    try:
-        ProjectCLI(args=argv, parser_kwargs={"parser_mode": "omegaconf+", "exit_on_error": False,
-                                             **{cmd: {"exit_on_error": False} for cmd in LightningCLI.subcommands()}})
-    except Exception as err:  # noqa: BLE001 - user errors become one line; anything else is re-raised
-        found = user_error(err, parse=isinstance(err, ArgumentError))
-        if found is None:
-            raise
-        return report(found)
-    return 0
+    kwargs = {"parser_mode": "omegaconf+", "exit_on_error": False,
+              **{cmd: {"exit_on_error": False} for cmd in LightningCLI.subcommands()}}
+    return one_line_errors(lambda: ProjectCLI(args=argv, parser_kwargs=kwargs))
 
 
 def main(argv: list[str] | None = None) -> int:

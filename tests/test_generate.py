@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _tiny_checkpoints import write_tiny_checkpoints
 from PIL import Image
 
 from commands import UsageError
@@ -26,22 +27,7 @@ GENEVAL_LINES = [
 
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory):
-    """A tiny TokenizerModule checkpoint (patch 4, K = 64) and a tiny AR checkpoint on its codebook."""
-    from modules.tokenizer import TokenizerConfig, TokenizerModule
-
-    d = tmp_path_factory.mktemp("ckpt")
-    torch.manual_seed(0)
-    cfg = TokenizerConfig(codebook_size=64, ch=8, ch_mult=(1, 2, 2), num_res_blocks=1, semantic_ch=8,
-                          semantic_decoder_ch=8)
-    tok = TokenizerModule(cfg, val_oracle=False, rfid_extractor=None)
-    import lightning
-
-    torch.save({"state_dict": tok.state_dict(), "hyper_parameters": dict(tok.hparams),
-                "pytorch-lightning_version": lightning.__version__}, d / "tok.ckpt")
-    ar = ARDecoder(ARConfig.from_name("tiny"))
-    ar.init_visual_from_codebook(tok.code_embeddings().detach())
-    save_generator(ar, d / "ar.ckpt", tokenizer_ckpt=str(d / "tok.ckpt"))
-    return d
+    return write_tiny_checkpoints(tmp_path_factory.mktemp("ckpt"))
 
 
 def _prompts(tmp_path, lines, name="prompts.jsonl"):

@@ -10,6 +10,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from _tiny_checkpoints import write_tiny_checkpoints
 
 from modules.rl.loss import grpo_loss, group_advantages, k3_kl, masked_norm, sampling_logprobs
 
@@ -198,23 +199,7 @@ def test_prompt_datamodule_trains_only_off_the_evaluation_prompts():
 # ----------------------------------------------------------------------------- the module
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory):
-    """A tiny tokenizer (patch 4, K = 64) and a tiny AR sampler checkpoint on its codebook."""
-    from modules.ar.config import ARConfig
-    from modules.ar.model import ARDecoder
-    from modules.ar.sampler import save_generator
-    from modules.tokenizer import TokenizerConfig, TokenizerModule
-
-    d = tmp_path_factory.mktemp("rl")
-    torch.manual_seed(0)
-    cfg = TokenizerConfig(codebook_size=64, ch=8, ch_mult=(1, 2, 2), num_res_blocks=1, semantic_ch=8,
-                          semantic_decoder_ch=8)
-    tok = TokenizerModule(cfg, val_oracle=False, rfid_extractor=None)
-    torch.save({"state_dict": tok.state_dict(), "hyper_parameters": dict(tok.hparams),
-                "pytorch-lightning_version": L.__version__}, d / "tok.ckpt")
-    ar = ARDecoder(ARConfig.from_name("tiny"))
-    ar.init_visual_from_codebook(tok.code_embeddings().detach())
-    save_generator(ar, d / "ar.ckpt", tokenizer_ckpt=str(d / "tok.ckpt"))
-    return d
+    return write_tiny_checkpoints(tmp_path_factory.mktemp("rl"))
 
 
 def _module(ckpts, **kw):
