@@ -130,31 +130,43 @@ def test_a_value_the_parser_rejects_stops_the_sweep_before_running(setup, capsys
 
 
 def test_ablations_sweep_points_mean_what_fit_would_run(capsys):
-    """The shipped ablation sweep: NF's default, each factor off alone, accumulated with and
-    without self-correction; each point parsed by the CLI's parser holds its factors."""
+    """The shipped ablation sweep: NF's default (two seeds), each factor off alone, accumulated with
+    and without self-correction, on the default quickstart's AR recipe, scored where it trained;
+    each point parsed by the CLI's parser holds its factors."""
     from commands.lightning_cli import parse_config
     from commands.sweep import load_base, point_args
 
     root = Path(main.__file__).parent
     sweep = yaml.safe_load((root / "configs/sweeps/ablations.yaml").read_text())
     points = expand_points(sweep.get("grid"), sweep.get("list"))
-    assert [n for n, _ in points] == ["000_nf_default", "001_no_reweighting", "002_no_self_correction",
-                                      "003_accumulated", "004_accumulated_no_self_correction"]
+    assert [n for n, _ in points] == ["000_nf_default", "001_nf_default_seed1", "002_no_reweighting",
+                                      "003_no_self_correction", "004_accumulated",
+                                      "005_accumulated_no_self_correction"]
     base = [str(root / b) for b in sweep["base"]]
     config = load_base(base)
+    from commands.quickstart import Sizes
+
+    quickstart = Sizes.named("default")
     factors = {}
     for name, overrides in points:
-        model = parse_config(["fit", *point_args(base, {**sweep["fixed"], **overrides}, config, None)])["model"]
-        args = model["init_args"]
-        factors[name] = (args["alpha"], args["self_correct"], args["overrides"]["visual_inputs"], args["text_tokenizer"])
-    assert factors == {"000_nf_default": (0.9, True, "residual", "shapes-words"),
-                       "001_no_reweighting": (0.0, True, "residual", "shapes-words"),
-                       "002_no_self_correction": (0.9, False, "residual", "shapes-words"),
-                       "003_accumulated": (0.9, True, "accumulated", "shapes-words"),
-                       "004_accumulated_no_self_correction": (0.9, False, "accumulated", "shapes-words")}
+        parsed = parse_config(["fit", *point_args(base, {**sweep["fixed"], **overrides}, config, None)])
+        args = parsed["model"]["init_args"]
+        factors[name] = (args["alpha"], args["self_correct"], args["overrides"]["visual_inputs"], args["text_tokenizer"],
+                         parsed["seed_everything"])
+        # every point is the quickstart's AR model and step count
+        assert {k: args["overrides"][k] for k in quickstart.ar_model} == quickstart.ar_model, name
+        assert parsed["trainer"]["max_steps"] == quickstart.ar_steps, name
+    assert factors == {"000_nf_default": (0.9, True, "residual", "shapes-words", 0),
+                       "001_nf_default_seed1": (0.9, True, "residual", "shapes-words", 1),
+                       "002_no_reweighting": (0.0, True, "residual", "shapes-words", 0),
+                       "003_no_self_correction": (0.9, False, "residual", "shapes-words", 0),
+                       "004_accumulated": (0.9, True, "accumulated", "shapes-words", 0),
+                       "005_accumulated_no_self_correction": (0.9, False, "accumulated", "shapes-words", 0)}
     # the sweep's own overlay: one resolution, the suite once at max_steps, quickstart data
     trainer = config["trainer"]
     (curriculum,) = [c["init_args"] for c in trainer["callbacks"] if c["class_path"].endswith("ResolutionCurriculum")]
     assert [(p["at_step"], str(p["phase"])) for p in curriculum["phases"]] == [(0, "64")]
     bench = next(c["init_args"] for c in trainer["callbacks"] if c["class_path"].endswith("BenchmarkCallback"))
     assert bench["every_n_steps"] == trainer["max_steps"] == sweep["fixed"]["trainer.max_steps"]
+    # scored at the resolution the points train at (64 px: the "64" phase), like the quickstart
+    assert (bench["fit_suite"]["width"], bench["fit_suite"]["height"]) == (64, 64)
