@@ -5,7 +5,7 @@ tests/test_ddp.py launches it in a subprocess with a timeout. Each rank writes
 validation metrics it logged, and a digest of its final weights.
 
     python tests/_ddp_run.py {tokenizer,ar} --data DIR --out DIR --devices N --global_batch B --steps S
-        [--strategy ddp|fsdp] [--ema]
+        [--strategy ddp|fsdp] [--accelerator cpu|cuda] [--ema]
 
 Randomness that would make a 1-process and an N-process run differ is switched off (the shards
 are read in file order, shuffle buffer 1; no dead-code restarts, no caption dropout, a fixed
@@ -103,7 +103,8 @@ def main():
     ap.add_argument("--data", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--devices", type=int, default=1)
-    ap.add_argument("--strategy", default="ddp")
+    ap.add_argument("--strategy", default="ddp", help="ddp or fsdp (FSDP: Lightning runs it on GPUs only)")
+    ap.add_argument("--accelerator", default="cpu")
     ap.add_argument("--global_batch", type=int, default=8)
     ap.add_argument("--val_batch", type=int, default=8)
     ap.add_argument("--steps", type=int, default=6)
@@ -120,8 +121,8 @@ def main():
         from lightning.pytorch.callbacks import EMAWeightAveraging
 
         callbacks.append(EMAWeightAveraging(decay=0.9))
-    trainer = pl.Trainer(accelerator="cpu", devices=args.devices,
-                         strategy=args.strategy if args.devices > 1 else "auto", max_steps=args.steps,
+    trainer = pl.Trainer(accelerator=args.accelerator, devices=args.devices,
+                         strategy=args.strategy if args.devices > 1 or args.strategy == "fsdp" else "auto", max_steps=args.steps,
                          max_epochs=-1, limit_train_batches=args.steps, val_check_interval=args.steps,
                          check_val_every_n_epoch=None, num_sanity_val_steps=0, logger=False,
                          enable_progress_bar=False, enable_model_summary=False,
