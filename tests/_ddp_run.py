@@ -4,7 +4,7 @@ tests/test_ddp.py launches it in a subprocess with a timeout. Each rank writes
 <out>/rank<r>.json: the keys of the samples it decoded, its per-step losses and batch count, the
 validation metrics it logged, and a digest of its final weights.
 
-    python tests/_ddp_run.py {tokenizer,ar} --data DIR --out DIR --devices N --global_batch B --steps S
+    python tests/_ddp_run.py {tokenizer,ar,rl} --data DIR --out DIR --devices N --global_batch B --steps S
         [--strategy ddp|fsdp] [--accelerator cpu|cuda] [--ema]
 
 Randomness that would make a 1-process and an N-process run differ is switched off (the shards
@@ -43,13 +43,20 @@ class Recorder(pl.Callback):
     def on_validation_end(self, trainer, pl_module):  # after the module's own epoch-end metrics
         self.val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
 
-    def on_fit_end(self, trainer, pl_module):
+    @staticmethod
+    def digest(module) -> str:
         digest = hashlib.sha256()
-        for p in pl_module.parameters():
+        for p in module.parameters():
             digest.update(p.detach().double().cpu().numpy().tobytes())
-        record = {"rank": trainer.global_rank, "world_size": trainer.world_size, "losses": self.losses,
+        return digest.hexdigest()
+
+    def on_fit_start(self, trainer, pl_module):
+        self.start_sha = self.digest(pl_module)
+
+    def on_fit_end(self, trainer, pl_module):
+        record = {"start_sha": self.start_sha, "rank": trainer.global_rank, "world_size": trainer.world_size, "losses": self.losses,
                   "batches": self.batches, "val": self.val, "keys": trainer.datamodule.decoded_keys,
-                  "weights_sha": digest.hexdigest()}
+                  "weights_sha": self.digest(pl_module)}
         (self.out / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
 
 
@@ -97,9 +104,30 @@ def ar_run(args):
     return model, dm, []
 
 
+def rl_run(args):
+    """GRPO on the tiny AR checkpoint of tests/_tiny_checkpoints.py (written into --data first);
+    prompts split by Lightning's DistributedSampler (map-style PromptDataModule)."""
+    from datamodules.prompts import PromptDataModule
+    from modules.rl import GRPOModule
+
+    red = {"class_path": "evaluation.rewards.ColorFractionReward", "init_args": {"tolerance": 96.0}}
+    model = GRPOModule(policy_ckpt=str(args.data / "ar.ckpt"), group_size=4, image_size=16, reward=red, lr=1e-2,
+                       inner_steps=1)  # one update per rollout batch: what GRPOModule allows under DDP
+
+    class Recording(PromptDataModule):
+        decoded_keys: list
+
+        def on_before_batch_transfer(self, batch, dataloader_idx):
+            if self.trainer.training:
+                self.decoded_keys += [p["prompt"] for p in batch]
+            return batch
+
+    return model, Recording(geneval_seeds=[1], batch_size=args.global_batch // args.devices, val_prompts=0), []
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("kind", choices=["tokenizer", "ar"])
+    ap.add_argument("kind", choices=["tokenizer", "ar", "rl"])
     ap.add_argument("--data", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--devices", type=int, default=1)
@@ -112,7 +140,7 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(1)
     pl.seed_everything(0, verbose=False)
-    model, dm, callbacks = (tokenizer_run if args.kind == "tokenizer" else ar_run)(args)
+    model, dm, callbacks = {"tokenizer": tokenizer_run, "ar": ar_run, "rl": rl_run}[args.kind](args)
     dm.decoded_keys = []
     args.out.mkdir(parents=True, exist_ok=True)
     callbacks += [Recorder(args.out), ModelCheckpoint(dirpath=str(args.out / "ckpt"), save_last=True, save_top_k=0,
@@ -124,6 +152,7 @@ def main():
     trainer = pl.Trainer(accelerator=args.accelerator, devices=args.devices,
                          strategy=args.strategy if args.devices > 1 or args.strategy == "fsdp" else "auto", max_steps=args.steps,
                          max_epochs=-1, limit_train_batches=args.steps, val_check_interval=args.steps,
+                         limit_val_batches=0 if args.kind == "rl" else None,
                          check_val_every_n_epoch=None, num_sanity_val_steps=0, logger=False,
                          enable_progress_bar=False, enable_model_summary=False,
                          default_root_dir=str(args.out), callbacks=callbacks)
