@@ -4,8 +4,15 @@ During `fit` it runs a small suite every `every_n_steps` optimizer steps (a fixe
 the same every time, so scores are comparable across steps) and logs the headline scores. In a
 `validate` run (`python main.py validate --config ... --ckpt_path ...`) it runs the full suite
 once and writes every benchmark's official layout plus `metrics.json` into the run folder.
-Scores go to every logger (CSV always; TensorBoard also gets image grids). Rank zero only:
-the suite is evaluation, not training, so other ranks need not wait on it beyond a barrier.
+Scores go to every logger (CSV always; TensorBoard also gets image grids).
+
+Several processes (DDP): every rank enters the hook, rank zero generates and scores the suite with
+the unwrapped model (no collective inside), and all ranks meet at a barrier after it, so the others
+wait there instead of inside the next gradient all-reduce (where a long suite could outlast the
+collective's timeout). The scale check runs on every rank, so a refusal stops them all alike.
+Under FSDP a forward on one rank alone would wait forever for the other ranks' parameter shards:
+the callback refuses FSDP whenever it would generate (every_n_steps > 0 in fit, or validate);
+score an FSDP checkpoint with `main.py validate` on one process instead.
 
 Guards (before any image is generated): the tokenizer's code embeddings must be the AR model's
 (`ARDecoder.code_emb`), and in `validate` the suite's resolution must be one whose number of
@@ -144,18 +151,36 @@ class BenchmarkCallback(pl.Callback):
             if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_image("geneval/samples", grid, trainer.global_step, dataformats="HWC")
 
+    def _run_on_rank_zero(self, trainer, pl_module, cfg: SuiteConfig, tag: str) -> None:
+        """Every rank calls this: rank zero runs the suite, then all meet at a barrier."""
+        try:
+            if trainer.is_global_zero:
+                self.run(trainer, pl_module, cfg, tag)
+        finally:
+            if trainer.world_size > 1:
+                trainer.strategy.barrier(f"benchmark_{tag}")
+
     # ------------------------------------------------------------------ hooks
+    def setup(self, trainer, pl_module, stage):
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        generates = self.every_n_steps > 0 if stage == "fit" else stage == "validate"
+        if generates and isinstance(trainer.strategy, FSDPStrategy):
+            raise ValueError("BenchmarkCallback generates on rank zero alone, which deadlocks under FSDP (sharded "
+                             "parameters need every rank in each forward): set its every_n_steps: 0 for FSDP fits "
+                             "and run `main.py validate` on the checkpoint with the default single-process trainer")
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = trainer.global_step
-        if self.every_n_steps and step > 0 and step % self.every_n_steps == 0 and trainer.is_global_zero:
+        if self.every_n_steps and step > 0 and step % self.every_n_steps == 0:
             if getattr(self, "_last_step", None) != step:  # once per optimizer step under accumulation
                 self._last_step = step
-                self.run(trainer, pl_module, self.fit_suite, f"step_{step:07d}")
+                self._run_on_rank_zero(trainer, pl_module, self.fit_suite, f"step_{step:07d}")
 
     def on_validation_start(self, trainer, pl_module):
-        if trainer.state.fn == "validate" and trainer.is_global_zero:  # refuse before the validation loop
+        if trainer.state.fn == "validate":  # refuse before the validation loop, on every rank alike
             self.scale_check(pl_module, self.validate_suite, refuse=True)
 
     def on_validation_epoch_end(self, trainer, pl_module):
-        if trainer.state.fn == "validate" and not trainer.sanity_checking and trainer.is_global_zero:
-            self.run(trainer, pl_module, self.validate_suite, "validate")
+        if trainer.state.fn == "validate" and not trainer.sanity_checking:
+            self._run_on_rank_zero(trainer, pl_module, self.validate_suite, "validate")

@@ -36,7 +36,7 @@ from commands import ConfigError, UsageError, innermost, one_line, user_error
 REGISTERED_CLASS_MODULES = (
     "datamodules.raw", "datamodules.pretokenized_dm",
     "modules.tokenizer", "modules.ar.module", "modules.rl.module", "datamodules.prompts",
-    "callbacks.scale_dropping", "callbacks.curriculum", "callbacks.evaluation",
+    "callbacks.scale_dropping", "callbacks.curriculum", "callbacks.evaluation", "callbacks.ema",
 )
 COMPOSE_KEY = "compose"
 

@@ -99,6 +99,14 @@ class ShardDataModule(pl.LightningDataModule):
             return torch.distributed.get_world_size()
         return int(os.environ.get("WORLD_SIZE", 1))  # set by torchrun/SLURM launchers before init
 
+    @property
+    def global_rank(self) -> int:
+        if self.trainer is not None:
+            return self.trainer.global_rank
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank()
+        return int(os.environ.get("RANK", 0))
+
     def batches_per_rank(self, directory: str | list[str], batch_size: int) -> int:
         """Equal on every rank: the samples one rank would see in a pass, in whole batches."""
         total = num_samples_in(directory)
@@ -124,6 +132,7 @@ class ShardDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             shuffle_buffer=self.shuffle_buffer,
             counts=self.sample_counts["train" if train else "val"],
+            rank=self.global_rank,
         )
         self.skipped_counters.append(counter)
         batched = stream.compose(

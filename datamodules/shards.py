@@ -261,6 +261,25 @@ def _warn_and_count_tar_errors(exn: Exception) -> bool:
     return True
 
 
+def split_samples(reader: int, readers: int) -> Callable[[Iterable[dict]], Iterator[dict]]:
+    """Keep every `readers`-th sample of a stream, starting at `reader` (sample-level splitting)."""
+
+    def select(samples: Iterable[dict]) -> Iterator[dict]:
+        for i, sample in enumerate(samples):
+            if i % readers == reader:
+                yield sample
+
+    return select
+
+
+def _reader_index(rank: int, num_workers: int) -> int:
+    """This reader's number among world_size x num_workers (rank-major)."""
+    from torch.utils.data import get_worker_info
+
+    info = get_worker_info()
+    return rank * max(1, num_workers) + (0 if info is None else info.id)
+
+
 def make_stream(
     urls: list[str],
     decode: Callable[[dict], Any],
@@ -272,27 +291,36 @@ def make_stream(
     num_workers: int,
     shuffle_buffer: int = 256,
     counts: SampleCounts | None = None,
+    rank: int = 0,
 ) -> tuple[wds.WebDataset, CorruptSampleCounter]:
-    """A webdataset pipeline split by node and by worker (REFERENCE.md pitfalls: the node
-    splitter must be passed explicitly). With fewer shards than ranks×workers the shard list is
-    repeated so every worker has data; epoch length is then fixed on the loader (`with_epoch`)
-    so every rank yields the same number of batches."""
-    needed = max(1, world_size) * max(1, num_workers)
-    if len(urls) < needed:
-        reps = (needed + len(urls) - 1) // len(urls)
-        log.warning("only %d shards for %d rank-workers; repeating the shard list %dx", len(urls), needed, reps)
-        urls = urls * reps
+    """A webdataset pipeline split across the readers (ranks x dataloader workers), every sample
+    read by exactly one of them per pass. With at least as many shards as readers, shards are split
+    (by node, then by worker; REFERENCE.md pitfalls: the node splitter must be passed explicitly).
+    With fewer, every reader reads every shard in the same order (shard shuffle seeded alike on all
+    readers) and keeps every n-th sample (`split_samples`), before the per-reader shuffle buffer and
+    before decoding, so no sample is decoded twice; each reader then reads all the bytes, hence
+    the warning. Epoch length is fixed on the loader (`with_epoch`) so every rank yields the same
+    number of batches."""
+    readers = max(1, world_size) * max(1, num_workers)
+    by_sample = len(urls) < readers
+    if by_sample:
+        log.warning("only %d shard(s) for %d readers (%d rank(s) x %d worker(s)): every reader reads all shards "
+                    "and keeps every %d-th sample; write at least %d shards to split by shard instead",
+                    len(urls), readers, max(1, world_size), max(1, num_workers), readers, readers)
+    no_split = lambda src: src  # noqa: E731 - sample-level splitting below replaces shard splitting
     dataset = wds.WebDataset(
         urls,
         handler=_warn_and_count_tar_errors,
         shardshuffle=(100 if shuffle else False),
         detshuffle=shuffle,
         seed=seed,
-        nodesplitter=wds.split_by_node,
-        workersplitter=wds.split_by_worker,
+        nodesplitter=no_split if by_sample else wds.split_by_node,
+        workersplitter=no_split if by_sample else wds.split_by_worker,
         repeat=repeat,
         empty_check=False,
     )
+    if by_sample:
+        dataset = dataset.compose(lambda src: split_samples(_reader_index(rank, num_workers), readers)(src))
     if shuffle:
         dataset = dataset.shuffle(shuffle_buffer, rng=random.Random(seed))
     counter = CorruptSampleCounter(decode, counts)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torchmetrics import Metric
 
 from modules.common.images import to_uint8
 
@@ -125,22 +126,23 @@ def scene_agreement(scene, detections: list[dict], height: int, width: int,
     return matched == n and len(dets) == n, matched, n
 
 
-class SemanticFidelity:
-    """Accumulates oracle agreement on originals (the oracle's own ceiling) and reconstructions."""
+class SemanticFidelity(Metric):
+    """Accumulates oracle agreement on originals (the oracle's own ceiling) and reconstructions.
+    A torchmetrics Metric: its counts are summed over DDP ranks when `compute` runs."""
+
+    full_state_update = False
+    COUNTS = ("images", "correct_orig", "correct_recon", "correct_recon_any_shape", "objects_orig",
+              "objects_recon", "total_objects")
 
     def __init__(self, detector=None):
+        super().__init__()
         if detector is None:
             from shapes.oracle import OracleDetector
 
             detector = OracleDetector()
         self.detector = detector
-        self.reset()
-
-    def reset(self):
-        self.images = 0
-        self.correct = {"orig": 0, "recon": 0, "recon_any_shape": 0}
-        self.objects = {"orig": 0, "recon": 0}
-        self.total_objects = 0
+        for name in self.COUNTS:
+            self.add_state(name, default=torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, x_B3HW: torch.Tensor, x_rec_B3HW: torch.Tensor, metas: list[dict]) -> None:
         H, W = x_B3HW.shape[-2:]
@@ -151,19 +153,22 @@ class SemanticFidelity:
                     continue
                 detections = self.detector.detect(image)
                 ok, matched, n = scene_agreement(scene, detections, H, W)
-                self.correct[name] += int(ok)
+                getattr(self, f"correct_{name}").add_(int(ok))
                 if name == "recon":
-                    self.correct["recon_any_shape"] += int(scene_agreement(scene, detections, H, W, match_class=False)[0])
-                self.objects[name] += matched
+                    self.correct_recon_any_shape.add_(int(scene_agreement(scene, detections, H, W,
+                                                                          match_class=False)[0]))
+                getattr(self, f"objects_{name}").add_(matched)
                 if name == "orig":
-                    self.images, self.total_objects = self.images + 1, self.total_objects + n
+                    self.images.add_(1)
+                    self.total_objects.add_(n)
 
     def compute(self) -> dict[str, float]:
-        if self.images == 0:
+        images = int(self.images)
+        if images == 0:
             return {}
         return {
-            "agreement": self.correct["recon"] / self.images,
-            "agreement_orig": self.correct["orig"] / self.images,
-            "agreement_color_position": self.correct["recon_any_shape"] / self.images,  # shape class ignored
-            "object_recall": self.objects["recon"] / max(1, self.total_objects),
+            "agreement": int(self.correct_recon) / images,
+            "agreement_orig": int(self.correct_orig) / images,
+            "agreement_color_position": int(self.correct_recon_any_shape) / images,  # shape class ignored
+            "object_recall": int(self.objects_recon) / max(1, int(self.total_objects)),
         }

@@ -276,7 +276,7 @@ class TokenizerModule(pl.LightningModule):
         self.ssim.update((x_rec + 1) / 2, (x + 1) / 2)
         for idx in q.indices:
             self._val_counts += torch.bincount(idx.flatten().cpu(), minlength=self.codebook_size)
-        self.log("val/pixel_l2", pixel_l2(x_rec, x), batch_size=x.shape[0])
+        self.log("val/pixel_l2", pixel_l2(x_rec, x), batch_size=x.shape[0], sync_dist=True)
         if self._val_images < self.hparams.val_metric_images:
             if self.fid_extractor is not None:
                 self._val_feats["real"].append(self.fid_extractor(x).cpu().numpy())
@@ -296,9 +296,15 @@ class TokenizerModule(pl.LightningModule):
         self.ssim.reset()
         if self.fid_extractor is not None and len(self._val_feats["real"]) > 0:
             real, fake = np.concatenate(self._val_feats["real"]), np.concatenate(self._val_feats["fake"])
+            if self.trainer.world_size > 1:  # every rank read other images: the distance is over all of them
+                real, fake = (self.all_gather(torch.from_numpy(a).to(self.device)).flatten(0, 1).cpu().numpy()
+                              for a in (real, fake))
             if len(real) > 2:
                 metrics[f"val/rfid_{self.fid_extractor.label}"] = frechet_from_features(real, fake)
         if self.fidelity is not None:
             metrics.update({f"val/{k}": v for k, v in self.fidelity.compute().items()})
-        self.log_dict({k: float(v) for k, v in metrics.items()}, prog_bar=False, sync_dist=False)
+        # Every value above is already over all ranks (torchmetrics' own sync for PSNR / SSIM /
+        # oracle agreement, all_gather for codebook counts and FID features), so sync_dist averages equal
+        # values (it only tells Lightning they are global).
+        self.log_dict({k: float(v) for k, v in metrics.items()}, prog_bar=False, sync_dist=True)
         self.last_val_metrics = {k: float(v) for k, v in metrics.items()}

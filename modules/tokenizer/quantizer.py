@@ -153,6 +153,14 @@ class DualCodebookQuantizer(nn.Module):
                 hat_sem_st = hat_sem.detach() - f_sem.detach() + f_sem
             else:
                 hat_sem_st = torch.zeros_like(f_sem)
+            if self.training and keep is not None and not all(keep):
+                # A dropped scale (ScaleDropping) can leave a φ conv out of the graph; DDP then stops
+                # ("parameters that were not used in producing the loss"). A zero-weighted use keeps
+                # every φ in the graph (exact zero gradients), so the default DDP strategy works
+                # unchanged: `find_unused_parameters=True` would instead walk the autograd graph
+                # after every backward on every step, and FSDP has no such switch.
+                phis = [*self.phi_pix.parameters(), *(self.phi_sem.parameters() if use_semantic else ())]
+                vq_loss = vq_loss + 0.0 * sum(p.sum() for p in phis)
             if self.training:
                 with torch.no_grad():
                     self.usage_ema.mul_(self.usage_decay).add_(counts, alpha=1 - self.usage_decay)
