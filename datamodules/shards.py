@@ -261,6 +261,11 @@ def _warn_and_count_tar_errors(exn: Exception) -> bool:
     return True
 
 
+def _all_shards(src):
+    """Node splitter that keeps every shard (each rank reads the whole stream)."""
+    yield from src
+
+
 def make_stream(
     urls: list[str],
     decode: Callable[[dict], Any],
@@ -272,12 +277,14 @@ def make_stream(
     num_workers: int,
     shuffle_buffer: int = 256,
     counts: SampleCounts | None = None,
+    split_nodes: bool = True,
 ) -> tuple[wds.WebDataset, CorruptSampleCounter]:
     """A webdataset pipeline split by node and by worker (REFERENCE.md pitfalls: the node
     splitter must be passed explicitly). With fewer shards than ranks×workers the shard list is
     repeated so every worker has data; epoch length is then fixed on the loader (`with_epoch`)
-    so every rank yields the same number of batches."""
-    needed = max(1, world_size) * max(1, num_workers)
+    so every rank yields the same number of batches. split_nodes False: every rank reads the same
+    stream (compute-budget packing plans each window for all ranks and keeps its own part)."""
+    needed = (max(1, world_size) if split_nodes else 1) * max(1, num_workers)
     if len(urls) < needed:
         reps = (needed + len(urls) - 1) // len(urls)
         log.warning("only %d shards for %d rank-workers; repeating the shard list %dx", len(urls), needed, reps)
@@ -288,7 +295,7 @@ def make_stream(
         shardshuffle=(100 if shuffle else False),
         detshuffle=shuffle,
         seed=seed,
-        nodesplitter=wds.split_by_node,
+        nodesplitter=wds.split_by_node if split_nodes else _all_shards,
         workersplitter=wds.split_by_worker,
         repeat=repeat,
         empty_check=False,

@@ -168,3 +168,52 @@ def test_fit_recovers_constants_and_cost_model_file(tmp_path):
     assert CostModel.load(tmp_path / "c.json") == fit
     with pytest.raises(ConfigError, match="--calibrate"):
         CostModel.load(tmp_path / "missing.json")
+
+
+class _Recording:
+    """The AR batcher, recording the keys of the items each batch holds."""
+
+    def __init__(self, batcher, window):
+        self.batcher, self.window, self.measured, self.keys = batcher, window, 0, {}
+
+    def sequence_stats(self, item):
+        self.measured += 1
+        return self.batcher.sequence_stats(item)
+
+    def __call__(self, items, **kw):
+        window = (self.measured - 1) // self.window
+        self.keys.setdefault(window, []).append([(it["key"], it["schedule"].final_grid) for it in items])
+        return self.batcher(items, **kw)
+
+
+def test_datamodule_compute_packing_splits_windows_over_ranks(tmp_path, monkeypatch):
+    """Two ranks (WORLD_SIZE/RANK as a launcher sets them) read the same stream and keep disjoint
+    halves of each window, in equal numbers of one-row micro-batches carrying the window's
+    normaliser."""
+    from datamodules.pretokenized_dm import PretokenizedDataModule
+    from modules.ar.module import ARModule
+    from modules.common.sequence import IndexBatch
+    from tests.test_ar_module import TINY, make_shards
+
+    dirs = [make_shards(tmp_path / "a", side=3, n=8), make_shards(tmp_path / "b", side=6, n=8, seed=1)]
+    module = ARModule(overrides=TINY, cond_dropout=0.0)
+    seen = {}
+    for rank in (0, 1):
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("RANK", str(rank))
+        dm = PretokenizedDataModule(train_dir=dirs, batch_size=2, variant=0, shuffle_buffer=4, packing="compute",
+                                    pack_window=8, pack_token_cap=400, pack_cost_cap=None)
+        dm.use_batcher(_Recording(module.batcher(), window=8))
+        batches = list(dm.train_dataloader())
+        assert len(batches) == 16 // (2 * 2)  # the epoch: batch_size-sized batches' worth per rank
+        assert all(isinstance(b, IndexBatch) and b.tokens.ids.shape[0] == 1 and b.loss_norm > 0 for b in batches)
+        assert all((b.tokens.sample >= 0).sum() <= 400 for b in batches)
+        seen[rank] = dm.batcher.keys
+    for window in set(seen[0]) & set(seen[1]):  # per window: equal counts, disjoint, all 8 samples
+        mbs = [seen[r][window] for r in (0, 1)]
+        assert len(mbs[0]) == len(mbs[1])
+        keys = [k for r in (0, 1) for mb in mbs[r] for k in mb]
+        assert len(keys) == len(set(keys)) == 8
+    assert 0 in seen[0] and 0 in seen[1]
+    with pytest.raises(ConfigError, match="packing"):
+        PretokenizedDataModule(train_dir=dirs, packing="greedy")
