@@ -259,3 +259,115 @@ def report_simulation(res: dict, world: int, context: int, model: CostModel) -> 
     print(f"  compute-budget vs fixed-length  {res['ratio_vs_fixed']:.2f}x  (target >= 1.15x; NF 1.19x)")
     print(f"  fixed-length vs padding         {res['fixed_vs_padding']:.2f}x  (NF 3.4x); "
           f"compute-budget micro-batches per rank {res['microbatches_per_rank']:.1f}")
+
+
+# ----------------------------------------------------------------------------- real ranks
+REAL_MIX = (("text", 256), ("text", 768), ("text", 1536), ("t2i", 8), ("t2i", 16), ("t2i", 24), ("il", 16))
+
+
+def _fixed_length_assign(stats: list[SeqStats], world: int, context: int) -> list[list[list[int]]]:
+    rows = _pack([s.tokens for s in stats], context)
+    return [[rows[r] for r in range(k, len(rows), world)] for k in range(world)]
+
+
+def _rank_worker(rank: int, world: int, port: int, cfg: dict, queue) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    from modules.ar.module import ARModule
+    from modules.common.sequence import collate_index
+
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    module = ARModule(preset=cfg["preset"], overrides={"codebook_size": 256, "code_dim": 40, "block_size": 16384},
+                      cond_dropout=0.0)
+    module.train()
+    batcher = module.batcher()
+    g = torch.Generator().manual_seed(cfg["seed"])
+    built = [batcher._builder.build_index(_calibration_items(module.config, k, s, g), drop_cond=False)
+             for k, s in cfg["specs"]]
+    params = [p for p in module.parameters() if p.requires_grad]
+    out = {}
+    for name, plans in cfg["plans"].items():
+        compute, wall = [], []
+        for step_plan in plans:
+            dist.barrier()
+            t0 = time.perf_counter()
+            for mb in step_plan[rank]:
+                for i in mb:  # one row per sample: what a varlen / flex kernel computes (no cross terms)
+                    module.compute_loss(collate_index([built[i]], pad_id=module.config.vocab.pad))["loss"].backward()
+            t1 = time.perf_counter()
+            flat = torch.cat([p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel()) for p in params])
+            dist.all_reduce(flat)  # DDP's gradient all-reduce: every rank waits for the slowest
+            t2 = time.perf_counter()
+            module.zero_grad(set_to_none=True)
+            compute.append(t1 - t0)
+            wall.append(t2 - t0)
+        out[name] = {"compute": compute, "wall": wall}
+    queue.put((rank, out))
+    dist.destroy_process_group()
+
+
+def measure_ranks(model: CostModel, *, world: int = 2, preset: str = "shapes-small", steps: int = 2,
+                  samples_per_rank: int = 6, context: int = 4096, seed: int = 0) -> dict:
+    """A real `world`-process gloo run (CPU, one thread each): per step the same samples go to the
+    ranks by fixed-length packing (rows dealt in turn) and by compute-budget packing; each rank
+    runs forward+backward of its samples, then the gradient all-reduce. Per step: each rank's
+    compute seconds (max/mean = measured imbalance) and the step's wall time (the slowest rank)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from modules.ar.module import ARModule
+
+    rng = random.Random(seed)
+    batcher = ARModule(preset="tiny", overrides={"block_size": 16384}).batcher()
+    g = torch.Generator().manual_seed(seed)
+    cfg_ar = ARModule(preset=preset, overrides={"codebook_size": 256, "code_dim": 40, "block_size": 16384}).config
+    specs, plans = [], {"fixed-length": [], "compute-budget": []}
+    for _ in range(steps):
+        base = len(specs)
+        step_specs = [rng.choice(REAL_MIX) for _ in range(world * samples_per_rank)]
+        specs += step_specs
+        stats = []
+        for k, s in step_specs:
+            tok, refs = batcher._builder.build_index(_calibration_items(cfg_ar, k, s, g), drop_cond=False)
+            stats.append(SeqStats(len(tok), attended_pairs(tok.block), 0.0))
+        cap = max(model.cost(s.tokens, s.pairs) for s in stats)
+        fixed = _fixed_length_assign(stats, world, context)
+        plan = plan_window(stats, model, world=world, token_cap=context, cost_cap=cap)
+        plans["fixed-length"].append([[[base + i for i in mb] for mb in r] for r in fixed])
+        plans["compute-budget"].append([[[base + i for i in mb] for mb in r] for r in plan.ranks])
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    cfg = {"preset": preset, "specs": specs, "plans": plans, "seed": seed}
+    procs = [ctx.Process(target=_rank_worker, args=(r, world, port, cfg, queue)) for r in range(world)]
+    for p in procs:
+        p.start()
+    results = dict(queue.get(timeout=3600) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+    out = {}
+    for name in plans:
+        comp = [[results[r][name]["compute"][s] for r in range(world)] for s in range(steps)]
+        wall = [max(results[r][name]["wall"][s] for r in range(world)) for s in range(steps)]
+        out[name] = {"imbalance": sum(max(c) / (sum(c) / world) for c in comp) / steps,
+                     "step_s": sum(wall) / steps, "compute_s": comp}
+    out["speedup"] = out["fixed-length"]["step_s"] / out["compute-budget"]["step_s"]
+    return out
+
+
+def report_ranks(res: dict, world: int) -> None:
+    print(f"packing: real {world}-process gloo run (CPU, one thread per rank, samples as their own rows)")
+    print(f"  {'strategy':16}{'step wall s':>12}{'max/mean compute':>18}   per-step rank compute s")
+    for n in ("fixed-length", "compute-budget"):
+        r = res[n]
+        steps = "; ".join(" ".join(f"{c:.1f}" for c in step) for step in r["compute_s"])
+        print(f"  {n:16}{r['step_s']:12.2f}{r['imbalance']:18.3f}   {steps}")
+    print(f"  compute-budget vs fixed-length step time: {res['speedup']:.2f}x")

@@ -164,7 +164,7 @@ def test_ingest_1000_jpegs_then_pretokenize_and_fit(tmp_path, capsys):
     cfg.write_text(json.dumps({
         "seed_everything": 0,
         "trainer": {"accelerator": "cpu", "devices": 1, "max_steps": 10, "logger": False,
-                    "enable_checkpointing": False, "enable_progress_bar": False, "enable_model_summary": False,
+                    "enable_checkpointing": True, "enable_progress_bar": False, "enable_model_summary": False,
                     "default_root_dir": str(tmp_path / "run")},
         "model": {"class_path": "modules.ar.module.ARModule",
                   "init_args": {"preset": "tiny", "tokenizer_ckpt": str(ckpt / "tok.ckpt"), "warmup_steps": 1}},
@@ -172,3 +172,4 @@ def test_ingest_1000_jpegs_then_pretokenize_and_fit(tmp_path, capsys):
                  "init_args": {"train_dir": str(pre), "batch_size": 8, "packing": "compute",
                                "pack_token_cap": 2048, "pack_window": 32}}}))
     assert main(["fit", "--config", str(cfg)]) == 0
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").glob("*.ckpt")] == ["epoch=0-step=10.ckpt"]

@@ -217,3 +217,26 @@ def test_datamodule_compute_packing_splits_windows_over_ranks(tmp_path, monkeypa
     assert 0 in seen[0] and 0 in seen[1]
     with pytest.raises(ConfigError, match="packing"):
         PretokenizedDataModule(train_dir=dirs, packing="greedy")
+
+
+def test_bench_simulation_orders_the_strategies():
+    """The simulated step of `bench packing`: compute-budget packing is no slower than fixed-length
+    packing, which beats padding, and balances the ranks better."""
+    from benchmarks.packing import simulate
+    from modules.ar.module import ARModule
+
+    batcher = ARModule(preset="tiny", overrides={"block_size": 65536}).batcher()
+    model = CostModel(per_token=3e-3, per_pair=2e-6, per_microbatch=0.01)
+    res = simulate(model, batcher, world=4, samples_per_rank=8, context=16384, steps=2)
+    assert res["compute-budget"]["step_s"] <= res["fixed-length"]["step_s"]
+    assert res["ratio_vs_padding"] >= res["fixed_vs_padding"] > 1
+    assert res["compute-budget"]["imbalance"] < res["fixed-length"]["imbalance"]
+    assert abs(sum(res["mix"].values()) - 1) < 1e-9
+
+
+def test_bench_calibrate_flag_belongs_to_packing(capsys):
+    from main import main
+
+    assert main(["bench", "fused_ce", "--calibrate"]) == 2  # a bare flag parses as true
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "belong to `bench packing`" in err[0]
