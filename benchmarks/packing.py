@@ -5,7 +5,8 @@
 
 Calibration: single-sample training steps (forward, backward, AdamW) of an AR model on text-only,
 text-to-image and interleaved sequences of several lengths, timed (fastest of `repeats` after a
-warm-up); `CostModel.fit_times` fits seconds ≈ per_microbatch + per_token·tokens +
+warm-up; on CPU in CPU seconds at one thread, so other processes on the machine do not inflate
+them); `CostModel.fit_times` fits seconds ≈ per_microbatch + per_token·tokens +
 per_pair·attended pairs by least squares. On CPU the attention is dense SDPA with the block-causal
 mask, so its time tracks L² of the row (≈ 2× the pairs of a causal sequence); on CUDA flex
 attention skips fully masked tiles and tracks the pairs.
@@ -212,15 +213,22 @@ def calibrate(preset: str = "shapes-small", repeats: int = 3, device: str = "cpu
         batch = collate_index([built], pad_id=cfg.vocab.pad)
         batches.append((kind, size, batch, len(built[0]), attended_pairs(built[0].block)))
 
+    # CPU: the process's CPU seconds at one thread (the work, not the wait for cores other
+    # processes hold); CUDA: wall seconds after a synchronize
+    clock = time.perf_counter if device == "cuda" else time.process_time
+    threads = torch.get_num_threads()
+    if device != "cuda":
+        torch.set_num_threads(1)
+
     def step(batch) -> float:
-        t0 = time.perf_counter()
+        t0 = clock()
         loss = module.compute_loss(batch)["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if device == "cuda":
             torch.cuda.synchronize()
-        return time.perf_counter() - t0
+        return clock() - t0
 
     times = {i: [] for i in range(len(batches))}
     step(batches[0][2])  # warm-up
@@ -230,8 +238,9 @@ def calibrate(preset: str = "shapes-small", repeats: int = 3, device: str = "cpu
     for i, (kind, size, _, L, pairs) in enumerate(batches):
         rows.append({"kind": kind, "size": size, "tokens": L, "pairs": pairs, "seconds": min(times[i])})
     model = CostModel.fit_times([(1, r["tokens"], r["pairs"], r["seconds"]) for r in rows],
-                                source=f"{preset} on {device}, torch threads {torch.get_num_threads()}, "
-                                       f"single-sample training steps")
+                                source=f"{preset} on {device}, " + ("wall seconds" if device == "cuda" else
+                                "CPU seconds at one thread") + ", single-sample training steps")
+    torch.set_num_threads(threads)
     for r in rows:
         r["predicted"] = model.microbatch_cost(r["tokens"], r["pairs"])
     return model, rows
@@ -262,7 +271,7 @@ def report_simulation(res: dict, world: int, context: int, model: CostModel) -> 
 
 
 # ----------------------------------------------------------------------------- real ranks
-REAL_MIX = (("text", 256), ("text", 768), ("text", 1536), ("t2i", 8), ("t2i", 16), ("t2i", 24), ("il", 16))
+REAL_MIX = (("text", 128), ("text", 512), ("text", 1024), ("t2i", 8), ("t2i", 16), ("il", 16))
 
 
 def _fixed_length_assign(stats: list[SeqStats], world: int, context: int) -> list[list[list[int]]]:
@@ -290,6 +299,8 @@ def _rank_worker(rank: int, world: int, port: int, cfg: dict, queue) -> None:
     built = [batcher._builder.build_index(_calibration_items(module.config, k, s, g), drop_cond=False)
              for k, s in cfg["specs"]]
     params = [p for p in module.parameters() if p.requires_grad]
+    module.compute_loss(collate_index([built[0]], pad_id=module.config.vocab.pad))["loss"].backward()  # warm-up
+    module.zero_grad(set_to_none=True)
     out = {}
     for name, plans in cfg["plans"].items():
         compute, wall = [], []
@@ -311,8 +322,8 @@ def _rank_worker(rank: int, world: int, port: int, cfg: dict, queue) -> None:
     dist.destroy_process_group()
 
 
-def measure_ranks(model: CostModel, *, world: int = 2, preset: str = "shapes-small", steps: int = 2,
-                  samples_per_rank: int = 4, context: int = 4096, seed: int = 0) -> dict:
+def measure_ranks(model: CostModel, *, world: int = 2, preset: str = "shapes-small", steps: int = 3,
+                  samples_per_rank: int = 8, context: int = 4096, seed: int = 0) -> dict:
     """A real `world`-process gloo run (CPU, one thread each): per step the same samples go to the
     ranks by fixed-length packing (rows dealt in turn) and by compute-budget packing; each rank
     runs forward+backward of its samples, then the gradient all-reduce. Per step: each rank's
@@ -330,6 +341,7 @@ def measure_ranks(model: CostModel, *, world: int = 2, preset: str = "shapes-sma
     g = torch.Generator().manual_seed(seed)
     cfg_ar = ARModule(preset=preset, overrides={"codebook_size": 256, "code_dim": 40, "block_size": 16384}).config
     specs, plans = [], {"fixed-length": [], "compute-budget": []}
+    predicted: dict[str, list[float]] = {name: [] for name in plans}
     for _ in range(steps):
         base = len(specs)
         step_specs = [rng.choice(REAL_MIX) for _ in range(world * samples_per_rank)]
@@ -343,6 +355,9 @@ def measure_ranks(model: CostModel, *, world: int = 2, preset: str = "shapes-sma
         plan = plan_window(stats, model, world=world, token_cap=context, cost_cap=cap)
         plans["fixed-length"].append([[[base + i for i in mb] for mb in r] for r in fixed])
         plans["compute-budget"].append([[[base + i for i in mb] for mb in r] for r in plan.ranks])
+        for name, ranks in (("fixed-length", fixed), ("compute-budget", plan.ranks)):
+            loads = [sum(model.cost(stats[i].tokens, stats[i].pairs) for mb in r for i in mb) for r in ranks]
+            predicted[name].append(max(loads) / (sum(loads) / world))
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -360,7 +375,8 @@ def measure_ranks(model: CostModel, *, world: int = 2, preset: str = "shapes-sma
         comp = [[results[r][name]["compute"][s] for r in range(world)] for s in range(steps)]
         wall = [max(results[r][name]["wall"][s] for r in range(world)) for s in range(steps)]
         out[name] = {"imbalance": sum(max(c) / (sum(c) / world) for c in comp) / steps,
-                     "step_s": sum(wall) / steps, "critical_s": sum(max(c) for c in comp) / steps, "compute_s": comp}
+                     "step_s": sum(wall) / steps, "critical_s": sum(max(c) for c in comp) / steps, "compute_s": comp,
+                     "predicted_imbalance": sum(predicted[name]) / steps}
     out["speedup"] = out["fixed-length"]["step_s"] / out["compute-budget"]["step_s"]
     out["critical_speedup"] = out["fixed-length"]["critical_s"] / out["compute-budget"]["critical_s"]
     return out
@@ -368,10 +384,12 @@ def measure_ranks(model: CostModel, *, world: int = 2, preset: str = "shapes-sma
 
 def report_ranks(res: dict, world: int) -> None:
     print(f"packing: real {world}-process gloo run (CPU, one thread per rank, samples as their own rows)")
-    print(f"  {'strategy':16}{'step wall s':>12}{'slowest rank CPU s':>20}{'max/mean CPU':>14}   per-step rank CPU s")
+    print(f"  {'strategy':16}{'step wall s':>12}{'slowest rank CPU s':>20}{'max/mean CPU':>14}{'(model)':>9}"
+          "   per-step rank CPU s")
     for n in ("fixed-length", "compute-budget"):
         r = res[n]
         steps = "; ".join(" ".join(f"{c:.1f}" for c in step) for step in r["compute_s"])
-        print(f"  {n:16}{r['step_s']:12.2f}{r['critical_s']:20.2f}{r['imbalance']:14.3f}   {steps}")
+        print(f"  {n:16}{r['step_s']:12.2f}{r['critical_s']:20.2f}{r['imbalance']:14.3f}"
+              f"{r['predicted_imbalance']:9.3f}   {steps}")
     print(f"  compute-budget vs fixed-length: slowest rank's CPU time {res['critical_speedup']:.2f}x, "
           f"wall step time {res['speedup']:.2f}x (wall includes waiting for cores other processes hold)")

@@ -109,8 +109,11 @@ class PretokenizedDataModule(ShardDataModule):
             micro-batches of at most `pack_token_cap` tokens (memory) and `pack_cost_cap` cost
             (compute; None: tokens only), one packed row each, balanced over the ranks with
             `pack_balance` ("kk" Karmarkar-Karp, "lpt" greedy) and equal counts; each rank keeps
-            its own, and every batch carries the window's loss normaliser, so samples keep their
-            unpacked loss weights. The epoch is `batch_size`-sized batches' worth of micro-batches
+            its own, and every batch carries the window's loss normaliser (its mean trained weight
+            per micro-batch), so samples keep their unpacked loss weights: averaged over the ranks
+            (DDP) and over a window's K micro-batches per rank the loss is Σ w·CE / Σ w of the
+            whole window, every token weighted alike; an optimizer step accumulating M of them
+            (Lightning divides by M) takes K/M times its part of that sum. The epoch is `batch_size`-sized batches' worth of micro-batches
             per rank. Needs the AR model's batcher (it measures the sequences).
         pack_costs: the cost model JSON (`python main.py bench packing --calibrate`); None: the
             default constants (verl's token/pair ratio).
