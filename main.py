@@ -29,7 +29,7 @@ NOT_OFFERED = {
     "predict": "no module has predict_step; `main.py generate` makes images and answers for a prompt file",
 }
 # Project subcommands live in commands/<name>.py and are listed here in the order of the pipeline.
-PROJECT_COMMANDS = ("world", "pretokenize", "generate", "bench", "baselines", "report", "rescore", "sweep", "quickstart")
+PROJECT_COMMANDS = ("world", "ingest", "pretokenize", "generate", "bench", "baselines", "report", "rescore", "sweep", "quickstart")
 
 
 def _available_project_commands() -> dict[str, str]:
@@ -96,6 +96,10 @@ def run_project_command(name: str, argv: list[str]) -> int:
     params = list(inspect.signature(module.run).parameters.values())
     if argv and not argv[0].startswith("-") and params:
         argv = [f"--{params[0].name}", *argv]  # `main.py report runs/x` == `main.py report --path runs/x`
+    flags = {f"--{p.name}" for p in params if p.annotation in (bool, "bool")}
+    argv = [a for k, arg in enumerate(argv)  # a bare boolean flag means true: `bench packing --calibrate`
+            for a in ([arg, "true"] if arg in flags and (k + 1 == len(argv) or argv[k + 1].startswith("--"))
+                      else [arg])]
 
     @functools.wraps(module.run)
     def run(*args, **kwargs):

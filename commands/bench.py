@@ -5,6 +5,10 @@
                                              index batches (bench_train_step(plain=True) adds a
                                              plain SDPA decoder of the same size)
     python main.py bench --what sampling     next-scale vs raster-scan sampling (issue 5)
+    python main.py bench --what packing      padding vs fixed-length vs compute-budget packing on a
+                                             simulated 8-rank step with the calibrated cost model
+                                             (benchmarks/packing.py); --calibrate first times
+                                             training steps and writes the cost model (--costs)
     python main.py bench                     all of the above
 
 Issue 4 targets: fused_ce <= 0.15x naive peak memory at <= 1.3x naive time (4096 tokens,
@@ -196,22 +200,57 @@ def bench_sampling(device: str = "cpu") -> dict:
     return bs.bench_sampling()
 
 
-BENCHES = {"fused_ce": bench_fused_ce, "train_step": bench_train_step, "sampling": bench_sampling}
+def bench_packing(device: str = "cpu", calibrate: bool = False, costs: str | None = None,
+                  preset: str = "shapes-small", world: int = 8, samples_per_rank: int = 16, context: int = 16384,
+                  steps: int = 20, real_ranks: int = 0) -> dict:
+    """Compute-budget packing (issue 16 targets: >= 1.15x fixed-length packing, >= 3x padding, in
+    tokens/s of a simulated `world`-rank step). calibrate: first time single-sample training steps
+    of `preset` on `device` and write the fitted cost model to `costs`."""
+    from benchmarks import packing as bp
+    from modules.ar.module import ARModule
+    from modules.common.packing import CostModel
+
+    costs = costs or bp.DEFAULT_COSTS
+    if calibrate:
+        model, rows = bp.calibrate(preset=preset, device=device)
+        bp.report_calibration(model, rows)
+        model.save(costs)
+        print(f"  wrote {costs}")
+    model = CostModel.load(costs)
+    batcher = ARModule(preset="tiny", overrides={"block_size": 4 * context}).batcher()  # the sequence layout only
+    res = bp.simulate(model, batcher, world=world, samples_per_rank=samples_per_rank, context=context, steps=steps)
+    bp.report_simulation(res, world, context, model)
+    if real_ranks:
+        res["real"] = bp.measure_ranks(model, world=real_ranks, preset=preset)
+        bp.report_ranks(res["real"], real_ranks)
+    return res
 
 
-def run(what: str = "all", device: str = "cpu") -> dict:
-    """Print speed/memory benchmarks side by side with their baselines (fused_ce, train_step, sampling).
+BENCHES = {"fused_ce": bench_fused_ce, "train_step": bench_train_step, "sampling": bench_sampling,
+           "packing": bench_packing}
+
+
+def run(what: str = "all", device: str = "cpu", calibrate: bool = False, costs: str | None = None,
+        real_ranks: int = 0) -> dict:
+    """Print speed/memory benchmarks side by side with their baselines (fused_ce, train_step, sampling, packing).
 
     Args:
-        what: "all" or one of fused_ce, train_step, sampling.
-        device: "cpu" or "cuda" (fused_ce, train_step).
+        what: "all" or one of fused_ce, train_step, sampling, packing.
+        device: "cpu" or "cuda" (fused_ce, train_step, packing's calibration).
+        calibrate: packing: time training steps and fit the cost model first (writes `costs`).
+        costs: packing: the cost model JSON (default configs/data/packing_costs_cpu.json).
+        real_ranks: packing: also a real run of this many gloo processes (CPU) measuring the ranks'
+            compute imbalance under fixed-length vs compute-budget packing (0 = skip).
     """
     from commands import UsageError
 
     if what != "all" and what not in BENCHES:
         raise UsageError(f"unknown benchmark {what!r}; choose one of {['all', *BENCHES]}")
+    if (calibrate or costs or real_ranks) and what != "packing":
+        raise UsageError(f"--calibrate, --costs and --real_ranks belong to `bench packing`, not {what!r}")
     names = list(BENCHES) if what == "all" else [what]
-    return {n: BENCHES[n](device=device) for n in names}
+    packing = {"calibrate": calibrate, "costs": costs, "real_ranks": real_ranks}
+    return {n: BENCHES[n](device=device, **(packing if n == "packing" else {})) for n in names}
 
 
 if __name__ == "__main__":

@@ -107,6 +107,15 @@ class ShardDataModule(pl.LightningDataModule):
             return torch.distributed.get_rank()
         return int(os.environ.get("RANK", 0))
 
+    def split_nodes(self, train: bool) -> bool:
+        """Whether each rank reads its own shards (True) or every rank the same stream (a subclass
+        that plans batches for all ranks at once, e.g. compute-budget packing)."""
+        return True
+
+    def batch_stream(self, samples: Iterable[Any], batch_size: int, train: bool) -> Iterator[Any]:
+        """Decoded samples -> batches (default: buckets of `bucket_key`, `collate`d)."""
+        return bucket_batches(samples, batch_size, self.bucket_key, self.collate, flush_partial=False)
+
     def batches_per_rank(self, directory: str | list[str], batch_size: int) -> int:
         """Equal on every rank: the samples one rank would see in a pass, in whole batches."""
         total = num_samples_in(directory)
@@ -133,11 +142,10 @@ class ShardDataModule(pl.LightningDataModule):
             shuffle_buffer=self.shuffle_buffer,
             counts=self.sample_counts["train" if train else "val"],
             rank=self.global_rank,
+            split_nodes=self.split_nodes(train),
         )
         self.skipped_counters.append(counter)
-        batched = stream.compose(
-            lambda src: bucket_batches(src, batch_size, self.bucket_key, self.collate, flush_partial=False)
-        )
+        batched = stream.compose(lambda src: self.batch_stream(src, batch_size, train))
         loader = wds.WebLoader(batched, batch_size=None, num_workers=self.num_workers,
                                persistent_workers=False)
         return loader.with_epoch(self.batches_per_rank(directory, batch_size))

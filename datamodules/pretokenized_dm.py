@@ -16,7 +16,7 @@ directory; `set_phase` switches it (callbacks/curriculum.py calls it; the traine
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -24,6 +24,7 @@ import torch
 from datamodules.base import ShardDataModule
 from datamodules.shards import BadSample, decode_npy
 from modules.common.errors import ConfigError, require_positive
+from modules.common.packing import CostModel, plan_window
 from modules.common.sequence import split_scales
 from modules.common.scale_schedule import ScaleSchedule
 from modules.text import build_text_tokenizer
@@ -102,16 +103,42 @@ class PretokenizedDataModule(ShardDataModule):
             model ("bytes", "shapes-words", or "hf" + a local tokenizer.json).
         length_bin: sequence-length bucket width in tokens.
         variant: self-corrected input row to use; None draws one per sample.
+        packing: "bucket" (default): batches of `batch_size` items sharing a bucket. "compute":
+            compute-budget packing of training batches (NF §4.1; modules/common/packing.py): every
+            rank reads the same stream, each window of `pack_window` samples is packed into
+            micro-batches of at most `pack_token_cap` tokens (memory) and `pack_cost_cap` cost
+            (compute; None: tokens only), one packed row each, balanced over the ranks with
+            `pack_balance` ("kk" Karmarkar-Karp, "lpt" greedy) and equal counts; each rank keeps
+            its own, and every batch carries the window's loss normaliser (its mean trained weight
+            per micro-batch), so samples keep their unpacked loss weights: averaged over the ranks
+            (DDP) and over a window's K micro-batches per rank the loss is Σ w·CE / Σ w of the
+            whole window, every token weighted alike; an optimizer step accumulating M of them
+            (Lightning divides by M) takes K/M times its part of that sum. The epoch is `batch_size`-sized batches' worth of micro-batches
+            per rank. Needs the AR model's batcher (it measures the sequences).
+        pack_costs: the cost model JSON (`python main.py bench packing --calibrate`); None: the
+            default constants (verl's token/pair ratio).
     """
 
     def __init__(self, train_dir: str | None = None, val_dir: str | None = None,
                  train_dirs: dict[str, str] | None = None, phase: str | None = None, batch_size: int = 8,
                  val_batch_size: int | None = None, num_workers: int = 0, text_tokenizer: str | None = None,
                  text_tokenizer_path: str | None = None, length_bin: int = 256, variant: int | None = None,
-                 seed: int = 0, shuffle_buffer: int = 256, max_skipped_fraction: float = 0.1):
+                 seed: int = 0, shuffle_buffer: int = 256, max_skipped_fraction: float = 0.1,
+                 packing: Literal["bucket", "compute"] = "bucket", pack_token_cap: int = 4096,
+                 pack_cost_cap: float | None = None, pack_window: int = 64, pack_costs: str | None = None,
+                 pack_balance: Literal["kk", "lpt"] = "kk"):
         super().__init__(train_dir, val_dir, batch_size, val_batch_size, num_workers, seed, shuffle_buffer,
                          max_skipped_fraction)
-        require_positive(length_bin=length_bin)
+        require_positive(length_bin=length_bin, pack_token_cap=pack_token_cap, pack_window=pack_window)
+        if packing not in ("bucket", "compute"):
+            raise ConfigError(f"packing={packing!r} is not one of 'bucket', 'compute'")
+        if pack_balance not in ("kk", "lpt"):
+            raise ConfigError(f"pack_balance={pack_balance!r} is not one of 'kk', 'lpt'")
+        if pack_cost_cap is not None and pack_cost_cap <= 0:
+            raise ConfigError(f"pack_cost_cap={pack_cost_cap} must be positive (or null for tokens only)")
+        self.packing, self.pack_token_cap, self.pack_cost_cap = packing, pack_token_cap, pack_cost_cap
+        self.pack_window, self.pack_balance = pack_window, pack_balance
+        self.cost_model = CostModel.load(pack_costs) if pack_costs is not None else CostModel()
         self.train_dirs = {str(k): v for k, v in (train_dirs or {}).items()}
         self.length_bin, self.variant = length_bin, variant
         self.text_tokenizer_kind = text_tokenizer
@@ -160,6 +187,34 @@ class PretokenizedDataModule(ShardDataModule):
 
     def collate(self, items):
         return list(items) if self.batcher is None else self.batcher(list(items))
+
+    # ------------------------------------------------------------ compute-budget packing
+    def split_nodes(self, train: bool) -> bool:
+        return not (train and self.packing == "compute")  # every rank plans the same windows
+
+    def batch_stream(self, samples, batch_size: int, train: bool):
+        if not (train and self.packing == "compute"):
+            return super().batch_stream(samples, batch_size, train)
+        if self.batcher is None:
+            raise ConfigError("packing='compute' measures sequences with the AR model's batcher; train it with an "
+                              "ARModule (or use packing='bucket')")
+        return self._packed(samples, self.global_rank, self.world_size)
+
+    def _packed(self, samples, rank: int, world: int):
+        """Windows of `pack_window` samples -> this rank's packed micro-batches (IndexBatch), the
+        same plan on every rank (same stream, no condition dropout in the measurement)."""
+        window: list = []
+        for item in samples:
+            window.append(item)
+            if len(window) < max(self.pack_window, world):
+                continue
+            stats = [self.batcher.sequence_stats(it) for it in window]
+            plan = plan_window(stats, self.cost_model, world=world, token_cap=self.pack_token_cap,
+                               cost_cap=self.pack_cost_cap, method=self.pack_balance)
+            for mb in plan.ranks[rank]:
+                yield self.batcher([window[i] for i in mb], row_len=sum(stats[i].tokens for i in mb),
+                                   loss_norm=plan.loss_norm)
+            window = []
 
     def val_dataloader(self):
         return [] if self.val_dir is None else super().val_dataloader()  # no val_dir: no validation

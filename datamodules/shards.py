@@ -280,6 +280,11 @@ def _reader_index(rank: int, num_workers: int) -> int:
     return rank * max(1, num_workers) + (0 if info is None else info.id)
 
 
+def _all_shards(src):
+    """Node splitter that keeps every shard (each rank reads the whole stream)."""
+    yield from src
+
+
 def make_stream(
     urls: list[str],
     decode: Callable[[dict], Any],
@@ -292,6 +297,7 @@ def make_stream(
     shuffle_buffer: int = 256,
     counts: SampleCounts | None = None,
     rank: int = 0,
+    split_nodes: bool = True,
 ) -> tuple[wds.WebDataset, CorruptSampleCounter]:
     """A webdataset pipeline split across the readers (ranks x dataloader workers), every sample
     read by exactly one of them per pass. With at least as many shards as readers, shards are split
@@ -300,13 +306,15 @@ def make_stream(
     readers) and keeps every n-th sample (`split_samples`), before the per-reader shuffle buffer and
     before decoding, so no sample is decoded twice; each reader then reads all the bytes, hence
     the warning. Epoch length is fixed on the loader (`with_epoch`) so every rank yields the same
-    number of batches."""
-    readers = max(1, world_size) * max(1, num_workers)
+    number of batches. split_nodes False: every rank reads the same stream (only workers split
+    it; compute-budget packing plans each window for all ranks and keeps its own part)."""
+    ranks = max(1, world_size) if split_nodes else 1
+    readers = ranks * max(1, num_workers)
     by_sample = len(urls) < readers
     if by_sample:
         log.warning("only %d shard(s) for %d readers (%d rank(s) x %d worker(s)): every reader reads all shards "
                     "and keeps every %d-th sample; write at least %d shards to split by shard instead",
-                    len(urls), readers, max(1, world_size), max(1, num_workers), readers, readers)
+                    len(urls), readers, ranks, max(1, num_workers), readers, readers)
     no_split = lambda src: src  # noqa: E731 - sample-level splitting below replaces shard splitting
     dataset = wds.WebDataset(
         urls,
@@ -314,13 +322,14 @@ def make_stream(
         shardshuffle=(100 if shuffle else False),
         detshuffle=shuffle,
         seed=seed,
-        nodesplitter=no_split if by_sample else wds.split_by_node,
+        nodesplitter=no_split if by_sample else (wds.split_by_node if split_nodes else _all_shards),
         workersplitter=no_split if by_sample else wds.split_by_worker,
         repeat=repeat,
         empty_check=False,
     )
     if by_sample:
-        dataset = dataset.compose(lambda src: split_samples(_reader_index(rank, num_workers), readers)(src))
+        node = rank if split_nodes else 0  # the worker's number is known only inside the worker
+        dataset = dataset.compose(lambda src: split_samples(_reader_index(node, num_workers), readers)(src))
     if shuffle:
         dataset = dataset.shuffle(shuffle_buffer, rng=random.Random(seed))
     counter = CorruptSampleCounter(decode, counts)

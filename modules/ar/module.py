@@ -171,7 +171,8 @@ class ARModule(pl.LightningModule):
         reference: build it with `reference_batch` (per-sample CPU features) instead."""
         tok = self.reference_batch(batch) if reference else self.make_batch(batch)
         mask = flex_block_mask(tok.block, tok.sample) if self._use_flex() else tok.mask()
-        out = ar_loss(self.model, tok, mask=mask, fused=self.hparams.fused_loss, backend=self.hparams.loss_backend)
+        out = ar_loss(self.model, tok, mask=mask, fused=self.hparams.fused_loss, backend=self.hparams.loss_backend,
+                      normalizer=getattr(batch, "loss_norm", None))
         return {**out, "tokens": tok}
 
     def _step(self, batch, stage: str) -> torch.Tensor:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from modules.common.packing import SeqStats, attended_pairs
 from modules.common.sequence import ImageSeg, IndexBatch, SequenceBuilder, TextSeg, collate_index
 from modules.common.vocab import UnifiedVocab
 from modules.common.scale_schedule import ScaleSchedule
@@ -103,9 +104,20 @@ class ItemBatcher:
             return i2t(vocab, item["schedule"], item.get("clean_targets", targets), text)
         raise ValueError(f"unknown task {item['task']!r} in batch item {item.get('key')}")
 
+    def sequence_stats(self, item: dict) -> SeqStats:
+        """Tokens, attended pairs and trained weight of an item's sequence without condition
+        dropout (the same on every rank: compute-budget packing plans from it; dropout only
+        shortens a sequence and never changes its trained weight)."""
+        tok, refs = self._builder.build_index(self.segments(item), drop_cond=False)
+        weight = float((tok.weight > 0).sum()) + sum(r.schedule.token_count for r in refs if r.loss)
+        return SeqStats(len(tok), attended_pairs(tok.block), weight)
+
     def __call__(self, items: list[dict], *, train: bool | None = None,
-                 generator: torch.Generator | None = None) -> IndexBatch:
-        """train None: from the items' "train" flag. generator None: this batcher's own."""
+                 generator: torch.Generator | None = None, row_len: int | None = None,
+                 loss_norm: float | None = None) -> IndexBatch:
+        """train None: from the items' "train" flag. generator None: this batcher's own.
+        row_len: pack into rows of this length (default `pack_row_len`); loss_norm: the packing
+        window's loss normaliser carried by the batch (modules/common/packing.py)."""
         train = bool(items and items[0].get("train")) if train is None else train
         g = generator if generator is not None else self.generator()
         drop = self.cond_dropout if train else 0.0
@@ -113,5 +125,7 @@ class ItemBatcher:
         for it in items:
             d = drop > 0 and float(torch.rand((), generator=g)) < drop
             samples.append(self._builder.build_index(self.segments(it), drop_cond=d))
-        return collate_index(samples, row_len=self.pack_row_len, pad_to_multiple=self.pad_to_multiple,
-                             pad_id=self.vocab.pad)
+        batch = collate_index(samples, row_len=row_len or self.pack_row_len, pad_to_multiple=self.pad_to_multiple,
+                              pad_id=self.vocab.pad)
+        batch.loss_norm = loss_norm
+        return batch

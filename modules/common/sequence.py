@@ -395,9 +395,12 @@ class IndexBatch:
 
     tokens: Tokens
     images: list[ImageGroup]
+    # compute-budget packing (modules/common/packing.py): divide Σ w·CE by this instead of the
+    # batch's own Σ w (the mean trained weight per micro-batch of its packing window); None: own
+    loss_norm: float | None = None
 
     def to(self, device) -> "IndexBatch":
-        return IndexBatch(self.tokens.to(device), [g.to(device) for g in self.images])
+        return IndexBatch(self.tokens.to(device), [g.to(device) for g in self.images], self.loss_norm)
 
     def materialize(self, code_emb_KD: torch.Tensor, *, alpha: float,
                     mode: Literal["residual", "accumulated"] = "residual", upsample: str = "bicubic") -> Tokens:
