@@ -165,10 +165,15 @@ class ProjectCLI(LightningCLI):
         wanted = {"TokenizerModule": "tokenizer", "ARModule": "ar"}.get(class_path.rsplit(".", 1)[-1])
         kind = checkpoint_kind(ckpt)
         saved_class = str((ckpt.get("hyper_parameters") or {}).get("_class_path") or "")
-        if (wanted is not None and kind != wanted) or (saved_class and class_path and saved_class != class_path):
+        # an RL policy (modules/rl GRPOModule) is saved as ARModule weights: scored with the AR config's settings
+        rl_policy = wanted == "ar" and kind == "ar" and saved_class.endswith(".GRPOModule")
+        if not rl_policy and ((wanted is not None and kind != wanted)
+                              or (saved_class and class_path and saved_class != class_path)):
             raise ConfigError(f"--ckpt_path {ckpt_path} is {describe(kind)}"
                               f"{f' ({saved_class})' if saved_class else ''} but the config's model is "
                               f"{class_path}; pass a checkpoint of that module or the config it was trained with")
+        if rl_policy:   # keep the config's ARModule arguments (the checkpoint's are GRPOModule's)
+            return
         explicit = {k: model["init_args"][k] for k in _explicit_model_keys(getattr(self, "_argv", []))
                     if model is not None and model.get("init_args") is not None and k in model["init_args"]}
         super()._parse_ckpt_path()

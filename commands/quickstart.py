@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,14 @@ class Sizes:
     ar_model: dict | None = None
     prompt_mix: float = 0.5  # fraction of the AR model's 64 px scenes that realise GenEval-template prompts
     min_object_px: int = 24  # smallest object side in the 64 px scenes (3 tokens of the patch-8 tokenizer)
+    # prefix-tuning GRPO after the AR stage (configs/experiment/rl_shapes_grpo.yaml): optimizer steps
+    # and a wall-clock guard; prompts per step x group size images per rollout batch
+    rl_steps: int = 60  # optimizer steps (2 per rollout batch: the config's inner_steps)
+    rl_minutes: float = 6.0
+    rl_prompts_per_step: int = 4
+    rl_group_size: int = 4
+    # GRPOModule init_args over the experiment config's (README: the RL settings measured)
+    rl_overrides: dict | None = field(default_factory=lambda: {"lr": 3e-5})
 
     @classmethod
     def named(cls, name: str) -> "Sizes":
@@ -70,7 +78,8 @@ class Sizes:
                        ar_minutes=5, ar_switch_step=4,
                        ar_batches_per_epoch=2,
                        suite={"geneval_limit": 6, "images_per_prompt": 1, "dpg_prompts": 2,
-                              "editcanvas_per_task": 1, "understanding_scenes": 1})
+                              "editcanvas_per_task": 1, "understanding_scenes": 1},
+                       rl_steps=2, rl_minutes=5.0, rl_prompts_per_step=2, rl_group_size=2)
         from commands import UsageError
 
         raise UsageError(f"unknown quickstart size {name!r}; choose 'default' or 'toy'")
@@ -439,6 +448,29 @@ def stage_validate(sizes: Sizes, data: dict, tokenizer_ckpt: str, ar_ckpt: str |
     return body
 
 
+def stage_rl(sizes: Sizes, tokenizer_ckpt: str, ar_ckpt: str) -> Callable[[Path], dict[str, Any]]:
+    """Prefix-tuning GRPO (modules/rl) from the AR checkpoint, on training-split prompts (datamodules/prompts.py),
+    rollouts at the evaluation's 64 px; `rl_steps` optimizer steps or `rl_minutes`, whichever ends first."""
+
+    def body(stage_dir: Path) -> dict[str, Any]:
+        model = {"policy_ckpt": ar_ckpt, "tokenizer_ckpt": tokenizer_ckpt, "group_size": sizes.rl_group_size,
+                 "image_size": 64, **(sizes.rl_overrides or {})}
+        overlay = {"model": {"init_args": model},
+                   "data": {"init_args": {"batch_size": sizes.rl_prompts_per_step, "val_prompts": 0}},
+                   "trainer": {"max_steps": sizes.rl_steps, "max_time": {"seconds": int(sizes.rl_minutes * 60)},
+                               "limit_val_batches": 0, "val_check_interval": None,
+                               **_trainer_outputs(stage_dir, [])}}
+        run_main("fit", "--config", str(EXPERIMENTS / "rl_shapes_grpo.yaml"),
+                 "--config", write_overlay(stage_dir / "overlay.yaml", overlay))
+        from modules.common.metrics_csv import last_metrics
+
+        last = last_metrics(stage_dir / "metrics.csv", prefix="train")
+        return {"checkpoint": str(stage_dir / "last.ckpt"),
+                **{k: last[k] for k in ("train/reward", "train/kl") if k in last}}
+
+    return body
+
+
 def stage_baselines(sizes: Sizes, data: dict) -> Callable[[Path], dict[str, Any]]:
     """The suite, with the trained model's settings, on the random-scenes floor and the ground-truth
     ceiling (evaluation/baselines.py): <stage_dir>/{random_scenes,ground_truth}/metrics.json."""
@@ -452,7 +484,7 @@ def stage_baselines(sizes: Sizes, data: dict) -> Callable[[Path], dict[str, Any]
     return body
 
 
-def stage_report(trained: dict, untrained: dict) -> Callable[[Path], dict[str, Any]]:
+def stage_report(trained: dict, untrained: dict, rl: dict | None = None) -> Callable[[Path], dict[str, Any]]:
     """The report of the trained suite next to its baselines (the untrained model, and the random
     scenes and ground-truth suites under <out>/baselines/ when they exist), with the training curves
     of every stage under <out>."""
@@ -468,7 +500,8 @@ def stage_report(trained: dict, untrained: dict) -> Callable[[Path], dict[str, A
             if suites:   # the suite folder itself, or the shallowest one below it
                 baselines.append(f"{name}={suites[0]}")
         path = report(path=trained["run_dir"], out=str(stage_dir), baselines=baselines, curves=str(root),
-                      title="NextFlow quickstart on the Shapes world")
+                      title="NextFlow quickstart on the Shapes world", rl=rl["run_dir"] if rl else None,
+                      rl_curves=str(root / "rl" / "metrics.csv") if rl else None)
         return {"report": str(path)}
 
     return body
@@ -527,9 +560,11 @@ def _run_unlocked(out: str, size: str) -> dict[str, Any]:
     data = run_stage("pretokenize", out_dir, stage_pretokenize(world, previous), log)
     ar = run_stage("ar_fit", out_dir, stage_ar_fit(sizes, data, previous), log)
     trained = run_stage("validate", out_dir, stage_validate(sizes, data, previous, ar["checkpoint"]), log)
+    rl = run_stage("rl", out_dir, stage_rl(sizes, previous, ar["checkpoint"]), log)
+    rl_scores = run_stage("validate_rl", out_dir, stage_validate(sizes, data, previous, rl["checkpoint"]), log)
     untrained = run_stage("validate_untrained", out_dir, stage_validate(sizes, data, previous, None), log)
     baselines = run_stage("baselines", out_dir, stage_baselines(sizes, data), log)
-    report = run_stage("report", out_dir, stage_report(trained, untrained), log)
+    report = run_stage("report", out_dir, stage_report(trained, untrained, rl_scores), log)
     (out_dir / "quickstart.json").write_text(json.dumps(log, indent=1))
 
     table = Table(title="quickstart: where everything went", show_header=True, header_style="bold")
@@ -559,6 +594,9 @@ def _run_unlocked(out: str, size: str) -> dict[str, Any]:
             runs = (trained, baselines["random_scenes"], baselines["ground_truth"])
             table.add_row(f"{key}: trained / random scenes / ground truth",
                           " / ".join(f"{r.get(key, float('nan')):.3f}" for r in runs))
+    for key in ("geneval/overall", "geneval/held_out/overall", "dpg/score"):
+        if key in trained and key in rl_scores:
+            table.add_row(f"{key}: AR vs AR+RL", f"{trained[key]:.3f} vs {rl_scores[key]:.3f}")
     table.add_row("report", report["report"])
     Console().print(table)
     return {"stages": log, "report": report["report"]}

@@ -145,6 +145,38 @@ def run_sections(run: dict, files: Path, prefix: str = "", baselines: Optional[d
     return sections
 
 
+RL_ROWS = ("geneval/overall", "geneval/single_object", "geneval/two_object", "geneval/counting", "geneval/colors",
+           "geneval/position", "geneval/color_attr", "geneval/seen/overall", "geneval/unseen/overall",
+           "geneval/held_out/overall", "dpg/score")
+
+
+def rl_section(ar: dict, rl: dict, files: Path, rl_csv: Optional[Path] = None, prefix: str = "") -> Section:
+    """AR vs AR+RL (modules/rl GRPO) on the same suite: GenEval per task, seen / unseen / held-out
+    prompts and DPG side by side with the difference; the RL stage's reward and KL curves
+    (train/reward, its parts, train/kl and the per-scale KL) from its metrics.csv; a sample sheet per
+    GenEval task of the same prompts and seeds before and after RL."""
+    before, after = rp.headline(ar["metrics"]), rp.headline(rl["metrics"])
+    rows = [[key, rp.fmt(before.get(key)), rp.fmt(after.get(key)),
+             rp.fmt(after[key] - before[key]) if key in before and key in after else ""]
+            for key in RL_ROWS if key in before or key in after]
+    blocks: list[Block] = [("table", "AR vs AR+RL (same prompts, seeds and sampling)",
+                            ["metric", "AR", "AR+RL", "difference"], rows)]
+    if rl_csv is not None and Path(rl_csv).is_file():
+        columns = rp.read_csv_columns(Path(rl_csv))
+        groups = {"reward": {k[len("train/"):]: v for k, v in columns.items()
+                             if k.startswith("train/") and (k == "train/reward" or k.endswith("/reward")
+                                                            or k.endswith("/correct"))},
+                  "KL to the starting policy": {k[len("train/"):]: v for k, v in columns.items()
+                                                if k == "train/kl" or k.startswith("train/kl_scale_")}}
+        for title, series in groups.items():
+            made = rp.plot_series(series, files / f"{prefix}rl_{title.split()[0].lower()}.png", f"RL {title}")
+            if made:
+                blocks.append(("image", f"RL {title}", made, f"{Path(rl_csv).as_posix()}: {', '.join(series)}"))
+    blocks += [("image", f"{title}: AR vs AR+RL", path, caption) for title, path, caption in
+               rp.compare_geneval({"AR": ar["root"], "AR+RL": rl["root"]}, files, f"{prefix}rl_")]
+    return ("AR vs AR+RL (prefix-tuning GRPO)", blocks)
+
+
 def sweep_sections(root: Path, files: Path) -> tuple[list[tuple[str, list[Block]]], list[list[Any]], list[str]]:
     record = json.loads((root / "sweep.json").read_text())
     points = record.get("points", [])
@@ -277,7 +309,8 @@ def print_terminal(title: str, header: list[str], rows: list[list[Any]], out: Pa
 
 
 def run(path: str, out: Optional[str] = None, baseline: Optional[str] = None,
-        baselines: Optional[Union[list[str], str]] = None, curves: Optional[str] = None, title: Optional[str] = None) -> str:
+        baselines: Optional[Union[list[str], str]] = None, curves: Optional[str] = None, title: Optional[str] = None,
+        rl: Optional[str] = None, rl_curves: Optional[str] = None) -> str:
     """Write report.md + report.html (PNG figures in report_files/ next to them) for a run or sweep directory.
 
     Args:
@@ -291,6 +324,8 @@ def run(path: str, out: Optional[str] = None, baseline: Optional[str] = None,
         curves: folder searched (any depth) for Lightning metrics.csv files, one training stage each
             (default: the run directory).
         title: report title (default: the directory name).
+        rl: the suite folder of the same suite run on the RL checkpoint (AR+RL, modules/rl): a section
+            compares it with the run; rl_curves: the RL stage's metrics.csv (reward and KL curves).
     """
     root = Path(path)
     try:
@@ -311,6 +346,8 @@ def run(path: str, out: Optional[str] = None, baseline: Optional[str] = None,
     else:
         loaded = rp.load_run(root)
         sections = run_sections(loaded, files, baselines=base_runs, curves=Path(curves) if curves else None)
+        if rl is not None:
+            sections.insert(0, rl_section(loaded, rp.load_run(Path(rl)), files, Path(rl_curves) if rl_curves else None))
         header, rows = headline_rows({"trained": loaded, **base_runs})
         if not rows and loaded["csv"]:
             rows = [[k, float(v[-1])] for k, (_, v) in sorted(loaded["csv"].items())]

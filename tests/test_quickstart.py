@@ -18,7 +18,7 @@ def test_quickstart_toy_end_to_end_and_resume(tmp_path):
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     stages = [row["stage"] for row in json.loads((out / "quickstart.json").read_text())]
     assert stages == ["world", "preview", "geneval_ground_truth", "tokenizer_stage1", "tokenizer_stage2",
-                      "tokenizer_stage3", "tokenizer_val128", "pretokenize", "ar_fit", "validate", "validate_untrained",
+                      "tokenizer_stage3", "tokenizer_val128", "pretokenize", "ar_fit", "validate", "rl", "validate_rl", "validate_untrained",
                       "baselines", "report"]
     log = {row["stage"]: row for row in json.loads((out / "quickstart.json").read_text())}
     assert log["geneval_ground_truth"]["overall"] >= 0.97
@@ -32,6 +32,9 @@ def test_quickstart_toy_end_to_end_and_resume(tmp_path):
     assert log["baselines"]["ground_truth"]["geneval/overall"] >= 0.95
     assert (out / "report" / "report.html").stat().st_size > 10_000
     assert (out / "ar_fit" / "last.ckpt").is_file()
+    assert (out / "rl" / "last.ckpt").is_file() and "train/reward" in log["rl"]   # GRPO from the AR checkpoint
+    assert "geneval/overall" in log["validate_rl"] and "dpg/score" in log["validate_rl"]
+    assert "AR vs AR+RL" in (out / "report" / "report.md").read_text()
     second = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0
     assert second.stdout.count("reusing") == len(stages)

@@ -258,3 +258,23 @@ def test_report_renders_in_headless_chromium(quick, tmp_path):
                    capture_output=True, timeout=120, check=True)
     pixels = np.asarray(Image.open(shot).convert("L"), float)
     assert pixels.shape == (4000, 1280) and pixels.std() > 20            # the page painted, not blank
+
+
+def test_rl_section_compares_ar_with_ar_plus_rl(quick):
+    root, trained, _untrained, _truth = quick
+    rl_metrics = {"geneval": {"overall": 0.75, "tasks": {"single_object": 1.0, "counting": 0.5},
+                              "seen": {"overall": 0.8}, "unseen": {"overall": 0.5}}, "dpg": {"dpg": 72.5}}
+    rl_suite = make_suite(root / "validate_rl", rl_metrics, correct=lambda i, k: True, edits=False)
+    write_csv(root / "rl" / "metrics.csv", ["step", "train/reward", "train/ShapesGenEvalReward/correct", "train/kl",
+                                            "train/kl_scale_00", "train/loss"],
+              [[s, 0.1 + 0.01 * s, 0.0, 0.001 * s, 0.002 * s, 0.5] for s in range(12)])
+    report.run(str(trained), out=str(root / "out"), rl=str(rl_suite), rl_curves=str(root / "rl" / "metrics.csv"))
+    md = (root / "out" / "report.md").read_text()
+    assert sections(md)[0] == "AR vs AR+RL (prefix-tuning GRPO)"
+    assert "| metric | AR | AR+RL | difference |" in md
+    assert "| geneval/overall | 0.5 | 0.75 | 0.25 |" in md and "| geneval/counting | 0.25 | 0.5 | 0.25 |" in md
+    assert "| geneval/unseen/overall | 0.2 | 0.5 | 0.3 |" in md and "| dpg/score | 70 | 72.5 | 2.5 |" in md
+    for name in ("rl_reward.png", "rl_kl.png", "rl_samples_counting.png"):
+        with Image.open(root / "out" / "report_files" / name) as im:
+            im.verify()
+    assert "images judged correct: AR 2/4, AR+RL 4/4" in md

@@ -178,22 +178,57 @@ def test_clip_reward_names_the_missing_checkpoint(tmp_path):
 
 
 # ----------------------------------------------------------------------------- prompts
-def test_prompt_datamodule_trains_only_off_the_evaluation_prompts():
-    from datamodules.prompts import PromptDataModule
+def test_prompt_datamodule_trains_only_on_the_training_split():
+    from datamodules.prompts import TASKS, PromptDataModule
+    from shapes.dpg import dpg_items
     from shapes.prompts import load_prompts
+    from shapes.scene import Scene
+    from shapes.split import held_out_reasons, scene_held_out, split_counts
     from torch.utils.data import DistributedSampler
 
-    dm = PromptDataModule(geneval_seeds=[1, 2], dpg_items=6, dpg_seed=5, eval_dpg_items=8, val_prompts=4)
+    dm = PromptDataModule(geneval_per_tag=12, dpg_items=6, dpg_seed=5, eval_dpg_items=8, val_prompts=4)
     dm.setup("fit")
-    evaluation = {line["prompt"] for line in load_prompts()}
+    evaluation = load_prompts()
     texts = [m["prompt"] for m in dm.train_set]
-    assert texts and not set(texts) & evaluation and len(set(texts)) == len(texts)
-    assert sum("questions" in m for m in dm.train_set) == 6
-    assert len(dm.val_set) == 4 and all(v["prompt"] in evaluation for v in dm.val_set)
+    assert texts and not set(texts) & {line["prompt"] for line in evaluation} and len(set(texts)) == len(texts)
+    geneval = [m for m in dm.train_set if "include" in m]
+    # every task, 12 lines each, none stating a held-out combination (the evaluation file has some of each)
+    assert split_counts(geneval) == {tag: {"seen": 12, "unseen": 0} for tag in TASKS}
+    assert all(split_counts(evaluation)[tag]["unseen"] > 0 for tag in TASKS if tag != "single_object")
+    assert not any(held_out_reasons(m) for m in geneval)
+    # DPG items: training scenes only, none of the suite's items
+    dpg = [m for m in dm.train_set if "questions" in m]
+    assert len(dpg) == 6 and not {m["prompt"] for m in dpg} & {it["prompt"] for it in dpg_items(8, seed=0)}
+    from datamodules.prompts import dpg_training_items
+
+    assert not any(scene_held_out(Scene.from_dict(it["scene"])) for it in dpg_training_items(40, 5, 64, 64))
+    assert len(dm.val_set) == 4 and all(v in evaluation for v in dm.val_set)
+    # DDP: every rank builds the same list; the sampler splits it into equal disjoint halves
+    twin = PromptDataModule(geneval_per_tag=12, dpg_items=6, dpg_seed=5, eval_dpg_items=8, val_prompts=4)
+    twin.setup("fit")
+    assert [m["prompt"] for m in twin.train_set] == texts
     halves = [list(DistributedSampler(dm.train_set, num_replicas=2, rank=r, shuffle=True, seed=0)) for r in (0, 1)]
     assert len(halves[0]) == len(halves[1]) and len(set(halves[0]) | set(halves[1])) == len(dm.train_set)
     batch = next(iter(dm.train_dataloader()))
     assert isinstance(batch, list) and len(batch) == 4 and "prompt" in batch[0]
+
+
+def test_training_pool_is_every_allowed_combination_in_every_phrasing():
+    from datamodules.prompts import PHRASINGS, geneval_training_pool
+    from shapes.prompts import geneval_prompts
+    from shapes.split import held_out_reasons
+
+    pool = geneval_training_pool("counting")
+    # 6 shapes x counts 2-4 minus the 4 held-out (shape, count) pairs, in 4 phrasings
+    assert len(pool) == (18 - 4) * len(PHRASINGS)
+    assert {"a photo of two circles", "two circles", "an image with two circles"} <= {m["prompt"] for m in pool}
+    assert "a photo of three circles" not in {m["prompt"] for m in pool}   # (circle, 3) is held out
+    # the "a photo of" lines are exactly the generator's allowed lines (same clauses, same text)
+    official = {m["prompt"]: m for m in geneval_prompts(seed=3) if m["tag"] == "position" and not held_out_reasons(m)}
+    ours = {m["prompt"]: m for m in geneval_training_pool("position") if m["prompt"].startswith("a photo of")}
+    assert official and all(ours[p] == m for p, m in official.items())
+    with pytest.raises(ValueError, match="unknown GenEval task 'shape'"):
+        geneval_training_pool("shape")
 
 
 # ----------------------------------------------------------------------------- the module
@@ -237,7 +272,7 @@ def _fit(module, steps, tmp_path=None, **trainer_kw):
     from datamodules.prompts import PromptDataModule
 
     L.seed_everything(0)
-    dm = PromptDataModule(geneval_seeds=[1], batch_size=2, val_prompts=0)
+    dm = PromptDataModule(geneval_per_tag=2, batch_size=2, val_prompts=0)
     kw = dict(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
               enable_model_summary=False, limit_val_batches=0, accelerator="cpu")
     trainer = L.Trainer(**{**kw, **trainer_kw})
