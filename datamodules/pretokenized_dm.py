@@ -75,21 +75,47 @@ def decode_pretokenized_item(sample: dict[str, Any], encode_text, *, variant: in
     text = meta.get("text")
     if not isinstance(text, str):
         raise BadSample("missing_caption", f"json text is {text!r}; every sample needs its caption")
+    N = meta.get("num_images", 1)
+    if isinstance(N, bool) or not isinstance(N, int) or N < 1:
+        raise BadSample("bad_meta", f"json num_images {N!r} is not a positive integer")
     T = schedule.token_count
     clean = _codes(sample, "targets.npy", T, codebook)
-    if len(clean) != 1:
-        raise BadSample("shape", f"targets.npy holds {len(clean)} rows of {T} tokens; expected one")
-    clean = clean[0]
-    inputs = _codes(sample, "inputs.npy", T, codebook) if "inputs.npy" in sample else clean[None]
-    paired = _codes(sample, "variant_targets.npy", T, codebook) if "variant_targets.npy" in sample else clean[None]
+    if len(clean) != N:
+        raise BadSample("shape", f"targets.npy holds {len(clean)} rows of {T} tokens; expected {N} (num_images)")
+
+    def rows(key):  # (V, N, T): V variants of the N images
+        a = _codes(sample, key, T, codebook) if key in sample else clean
+        if len(a) % N:
+            raise BadSample("shape", f"{key} holds {len(a)} rows of {T} tokens, not whole variants of {N} images")
+        return a.reshape(-1, N, T)
+
+    inputs, paired = rows("inputs.npy"), rows("variant_targets.npy")
     v = int(rng.integers(len(inputs))) if variant is None else variant % len(inputs)
 
     def maps(a):
         return split_scales(torch.from_numpy(np.asarray(a).astype(np.int64)), schedule)
 
-    return {"task": meta.get("task", "t2i"), "text_ids": encode_text(text), "schedule": schedule,
-            "targets": maps(paired[v % len(paired)]), "inputs": maps(inputs[v]), "clean_targets": maps(clean),
+    images = [{"targets": maps(paired[v % len(paired), k]), "inputs": maps(inputs[v, k]),
+               "clean_targets": maps(clean[k])} for k in range(N)]
+    task = meta.get("task", "t2i")
+    item = {"task": task, "text_ids": encode_text(text), "schedule": schedule, **images[0],
             "key": sample.get("__key__"), "fingerprint": fingerprint, "codebook_size": codebook}
+    if N > 1:
+        item["images"] = images
+    if task == "understand":
+        qa = meta.get("qa")
+        if not isinstance(qa, list) or not qa or not all(isinstance(p, list) and len(p) == 2 for p in qa):
+            raise BadSample("bad_meta", f"understand sample: json qa {qa!r} is not a list of [question, answer]")
+        question, answer = qa[int(rng.integers(len(qa)))]  # one of the scene's questions per read
+        item["prompt_ids"], item["text_ids"] = encode_text(question), encode_text(answer)
+    if task == "interleaved":
+        texts = meta.get("texts")
+        if not isinstance(texts, list) or len(texts) != N or not all(isinstance(t, str) for t in texts):
+            raise BadSample("bad_meta", f"interleaved sample: json texts must be {N} strings (one per keyframe)")
+        item["texts_ids"] = [encode_text(t) for t in texts]
+    if task in ("edit", "subject") and N != 2:
+        raise BadSample("shape", f"{task} sample holds {N} images; expected 2 (source, target)")
+    return item
 
 
 class PretokenizedDataModule(ShardDataModule):
@@ -155,7 +181,9 @@ class PretokenizedDataModule(ShardDataModule):
         return {**self.decode(sample), "train": True}  # the batcher applies condition dropout to these
 
     def bucket_key(self, item):
-        length = len(item["text_ids"]) + item["schedule"].token_count
+        images = len(item.get("images", ())) or 1
+        texts = sum(len(t) for t in item.get("texts_ids", [item["text_ids"]])) + len(item.get("prompt_ids", ()))
+        length = texts + images * item["schedule"].token_count
         return item["schedule"].final_grid, item["task"], length // self.length_bin
 
     def collate(self, items):

@@ -256,14 +256,14 @@ def batch_scale_counts(batch) -> dict[int, int]:
     out: dict[int, int] = {}
     if isinstance(batch, IndexBatch):  # the datamodule's worker-collated batches
         for g in batch.images:
-            n, k = g.schedule.num_scales, int(g.loss.sum())
+            n, k = g.schedule.num_scales, int((g.loss > 0).sum())
             if k:
                 out[n] = out.get(n, 0) + k
         return out
     if isinstance(batch, (list, tuple)) and all(isinstance(it, dict) for it in batch):
         for it in batch:
             sch = it.get("schedule")
-            if sch is not None and it.get("task", "t2i") != "i2t":
+            if sch is not None and it.get("task", "t2i") not in ("i2t", "understand"):
                 out[sch.num_scales] = out.get(sch.num_scales, 0) + 1
         return out
     get = batch.get if isinstance(batch, dict) else lambda k: getattr(batch, k, None)
