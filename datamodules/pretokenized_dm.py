@@ -128,13 +128,24 @@ class PretokenizedDataModule(ShardDataModule):
             model ("bytes", "shapes-words", or "hf" + a local tokenizer.json).
         length_bin: sequence-length bucket width in tokens.
         variant: self-corrected input row to use; None draws one per sample.
+        mixture: task mixture instead of train_dir: a list of sources {train_dir, weight,
+            loss_weight, val_dir} (one task's pretokenised shards each; `main.py pretokenize
+            --task ...`). Each training sample is drawn from source k with probability weight_k /
+            Σ weights (datamodules/mixture.py), every loss weight of its sequence scaled by
+            loss_weight (default 1); batches stay bucketed by resolution, task and length, and
+            an epoch is Σ samples / (ranks × batch_size) batches on every rank. With no val_dir,
+            validation reads every source's val_dir.
     """
 
-    def __init__(self, train_dir: str | None = None, val_dir: str | None = None,
+    def __init__(self, train_dir: str | None = None, val_dir: str | list[str] | None = None,
                  train_dirs: dict[str, str] | None = None, phase: str | None = None, batch_size: int = 8,
                  val_batch_size: int | None = None, num_workers: int = 0, text_tokenizer: str | None = None,
                  text_tokenizer_path: str | None = None, length_bin: int = 256, variant: int | None = None,
-                 seed: int = 0, shuffle_buffer: int = 256, max_skipped_fraction: float = 0.1):
+                 seed: int = 0, shuffle_buffer: int = 256, max_skipped_fraction: float = 0.1,
+                 mixture: list[dict[str, Any]] | None = None):
+        self.mixture = self._check_mixture(mixture, train_dir, train_dirs)
+        if self.mixture and val_dir is None:
+            val_dir = [src["val_dir"] for src in self.mixture if src.get("val_dir")] or None
         super().__init__(train_dir, val_dir, batch_size, val_batch_size, num_workers, seed, shuffle_buffer,
                          max_skipped_fraction)
         require_positive(length_bin=length_bin)
@@ -147,6 +158,59 @@ class PretokenizedDataModule(ShardDataModule):
             self.set_phase(phase if phase is not None else next(iter(self.train_dirs)))
         self._rng = np.random.default_rng(seed)
         self.batcher = None
+
+    @staticmethod
+    def _check_mixture(mixture, train_dir, train_dirs) -> list[dict[str, Any]]:
+        if not mixture:
+            return []
+        if train_dir is not None or train_dirs:
+            raise ConfigError("data.init_args.mixture replaces train_dir / train_dirs; set one of them, not both")
+        out = []
+        for k, src in enumerate(mixture):
+            if not isinstance(src, dict) or not isinstance(src.get("train_dir"), str):
+                raise ConfigError(f"mixture source {k} is {src!r}; each needs a train_dir (and optional weight, "
+                                  "loss_weight, val_dir)")
+            unknown = set(src) - {"train_dir", "weight", "loss_weight", "val_dir"}
+            if unknown:
+                raise ConfigError(f"mixture source {k} has unknown keys {sorted(unknown)}; use train_dir, weight, "
+                                  "loss_weight, val_dir")
+            src = {"weight": 1.0, "loss_weight": 1.0, **src}
+            for key in ("weight", "loss_weight"):
+                if isinstance(src[key], bool) or not isinstance(src[key], (int, float)) or src[key] < 0:
+                    raise ConfigError(f"mixture source {k} ({src['train_dir']}): {key} {src[key]!r} must be a "
+                                      "number >= 0")
+            out.append(src)
+        if sum(src["weight"] for src in out) <= 0:
+            raise ConfigError(f"mixture weights {[s['weight'] for s in out]} sum to 0; give a source a positive weight")
+        return out
+
+    def train_dataloader(self):
+        if not self.mixture:
+            return super().train_dataloader()
+        import functools
+
+        import webdataset as wds
+
+        from datamodules.mixture import MixedBatches
+        from datamodules.shards import make_stream, shard_urls
+
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        streams = []
+        for k, src in enumerate(self.mixture):
+            stream, counter = make_stream(
+                shard_urls(src["train_dir"]), functools.partial(self._decode_source, float(src["loss_weight"])),
+                shuffle=True, seed=self.seed + epoch + 7919 * k, repeat=True, world_size=self.world_size,
+                num_workers=self.num_workers, shuffle_buffer=self.shuffle_buffer, counts=self.sample_counts["train"])
+            self.skipped_counters.append(counter)
+            streams.append(stream)
+        batches = MixedBatches(streams, [src["weight"] for src in self.mixture], self.batch_size, self.bucket_key,
+                               self.collate, seed=self.seed + epoch)
+        loader = wds.WebLoader(batches, batch_size=None, num_workers=self.num_workers, persistent_workers=False)
+        return loader.with_epoch(self.batches_per_rank([src["train_dir"] for src in self.mixture], self.batch_size))
+
+    def _decode_source(self, loss_weight: float, sample):
+        item = self.decode_train(sample)
+        return item if loss_weight == 1.0 else {**item, "loss_weight": loss_weight}
 
     def use_text_tokenizer(self, tokenizer, kind: str) -> None:
         """Called by the AR model at setup: encode captions with the model's own tokenizer."""
