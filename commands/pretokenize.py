@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 # task -> the raw shard kinds (`main.py world --kind`) it is written from
 TASKS: dict[str, tuple[str, ...]] = {
     "t2i": ("scenes", "geneval", "dpg"), "i2t": ("scenes", "geneval", "dpg"), "understand": ("scenes",),
-    "edit": ("edits",), "subject": ("subject",), "interleaved": ("videos",)}
+    "edit": ("edits",), "subject": ("subject",), "interleaved": ("videos", "stories")}
 
 
 class _RawShardEncoder:
@@ -104,6 +104,14 @@ class _RawShardEncoder:
                 raise BadSample("missing_caption", f"{task} sample has no {'instruction' if task == 'edit' else 'prompt'}")
             return {"key": key, "text": text, "meta": meta, "images": [self._image(sample, "src.png"),
                                                                       self._image(sample, "tgt.png")], "extra": {}}
+        if meta.get("kind") == "stories":  # real videos, keyframes and texts chosen (datamodules/interleaved/videos.py)
+            texts = meta.get("texts")
+            n = len(texts) if isinstance(texts, list) else 0
+            if n < 1 or not all(isinstance(t, str) for t in texts):
+                raise BadSample("bad_meta", f"story json texts {texts!r} is not a list of strings")
+            return {"key": key, "text": texts[0], "meta": {"video": meta.get("video"), "kind": "stories"},
+                    "images": [self._image(sample, f"kf{i:03d}.png") for i in range(n)],
+                    "extra": {"texts": texts, "keyframes": meta.get("keyframes"), "times": meta.get("times")}}
         from datamodules.interleaved.stories import shapes_story
         from datamodules.shards import decode_png
 
@@ -215,7 +223,8 @@ def run(
             shapes/questions.py, one drawn per read; from scene shards), edit (source image +
             instruction + target image, from edits shards), subject (subject image + prompt +
             target image, from subject shards), interleaved (a world video's keyframes with the
-            caption and the transition texts between them, from videos shards).
+            caption and the transition texts between them, from videos shards; or the story
+            shards of real videos, datamodules/interleaved/videos.py).
         keyframe_threshold / keyframe_min_gap / max_keyframes: task interleaved: keyframe selection
             (datamodules/interleaved/keyframes.py: a frame is kept when its mean pixel change from
             the last keyframe is at least the threshold, min_gap frames apart; first and last kept).
