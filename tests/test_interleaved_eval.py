@@ -66,3 +66,35 @@ def test_ar_generator_continues_a_story(tmp_path):
     assert len(outs) == 2
     for text, frame in outs:
         assert isinstance(text, str) and (frame is None or frame.shape == (32, 32, 3))
+
+
+def test_generate_task_interleaved_and_understand(tmp_path):
+    import json
+
+    from PIL import Image
+
+    from _tiny_checkpoints import write_tiny_checkpoints
+    from commands import UsageError
+    from commands.generate import run
+
+    d = write_tiny_checkpoints(tmp_path)
+    (it,) = interleaved_items(1, seed=0, width=32, height=32)
+    Image.fromarray(it["image"]).save(tmp_path / "f0.png")
+    (tmp_path / "s.jsonl").write_text(json.dumps({"caption": it["caption"], "image": "f0.png"}) + "\n")
+    kw = dict(ckpt=str(d / "ar.ckpt"), prompts=str(tmp_path / "s.jsonl"), out=str(tmp_path / "st"), task="interleaved",
+              sampling={"max_text_tokens": 4, "seed": 0})
+    assert run(**kw)["generated"] == 1
+    story = json.loads((tmp_path / "st" / "00000" / "story.json").read_text())
+    frames = sorted((tmp_path / "st" / "00000").glob("frame_*.png"))
+    assert story["caption"] == it["caption"] and len(story["frames"]) == len(frames) >= 1
+    assert isinstance(story["texts"], list) and (tmp_path / "st" / "00000" / "strip.png").is_file()
+    assert run(**kw)["skipped"] == 1  # resumed: the finished story is kept
+    (tmp_path / "q.jsonl").write_text(json.dumps({"image": "f0.png", "question": "What color is the circle?"}) + "\n")
+    run(ckpt=str(d / "ar.ckpt"), prompts=str(tmp_path / "q.jsonl"), out=str(tmp_path / "qa"), task="understand",
+        sampling={"max_text_tokens": 3})
+    assert json.loads((tmp_path / "qa" / "answers.jsonl").read_text())["index"] == 0
+    (tmp_path / "bad.txt").write_text("a story caption\n")
+    import pytest as _pytest
+
+    with _pytest.raises(UsageError, match="interleaved prompts need jsonl lines"):
+        run(ckpt=str(d / "ar.ckpt"), prompts=str(tmp_path / "bad.txt"), task="interleaved", out=str(tmp_path / "b"))
