@@ -205,3 +205,10 @@ def test_ar_module_fits_the_five_task_mixture(shards, tmp_path):
     trainer.fit(module, dm)
     assert trainer.global_step == 6 and np.isfinite(float(trainer.callback_metrics["train/loss"]))
     assert any(not torch.equal(a, b) for a, b in zip(before, module.parameters()))
+
+
+def test_ar_module_hands_its_story_loss_to_the_batcher():
+    from modules.ar.module import ARModule
+
+    assert ARModule(preset="tiny").batcher().story_loss == "after_first_caption"
+    assert ARModule(preset="tiny", story_loss="images").batcher().story_loss == "images"
