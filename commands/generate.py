@@ -15,7 +15,7 @@ from commands import UsageError
 from evaluation.grids import image_grid
 from modules.common.images import to_uint8
 
-PROMPT_KEYS = {"t2i": "prompt", "edit": "instruction", "i2t": "image"}
+PROMPT_KEYS = {"t2i": "prompt", "edit": "instruction", "i2t": "image", "understand": "image", "interleaved": "caption"}
 
 
 # ---------------------------------------------------------------------------- prompt files
@@ -44,14 +44,18 @@ def read_prompt_file(path: str | Path, task: str = "t2i") -> list[dict]:
                                  f"{task!r}, got {ln[:80]!r}")
             if task == "edit" and "source" not in d:
                 raise UsageError(f"{p} line {no}: an edit line needs 'source' (image path) and 'instruction'")
+            if task == "interleaved" and "image" not in d:
+                raise UsageError(f"{p} line {no}: an interleaved line needs 'caption' and 'image' (the story's "
+                                 "first frame)")
             out.append(d)
         else:
             if ln.startswith("{"):
                 raise UsageError(f"{p} line {no}: looks like JSON but line {lines[0][0]} is plain text; use "
                                  "one format per file (GenEval metadata jsonl or plain text lines)")
-            if task == "edit":
-                raise UsageError(f"{p} line {no}: edit prompts need jsonl lines "
-                                 "{'source': ..., 'instruction': ...}")
+            if task in ("edit", "interleaved"):
+                raise UsageError(f"{p} line {no}: {task} prompts need jsonl lines " +
+                                 ("{'source': ..., 'instruction': ...}" if task == "edit" else
+                                  "{'caption': ..., 'image': ...}"))
             out.append({key: ln})
     return out
 
@@ -159,7 +163,7 @@ def run(
     ckpt: str,
     prompts: str,
     out: str = "runs/generate",
-    task: Literal["t2i", "edit", "i2t"] = "t2i",
+    task: Literal["t2i", "edit", "i2t", "understand", "interleaved"] = "t2i",
     tokenizer_ckpt: str | None = None,
     sampling: dict[str, Any] | str | None = None,
     samples: int = 4,
@@ -171,13 +175,18 @@ def run(
     limit: int | None = None,
     device: str = "cpu",
     allow_untrained_scales: bool = False,
+    story_images: int = 2,
 ) -> dict:
     """Generate images (GenEval layout), edits or text answers from an AR checkpoint.
 
     t2i:  <out>/<00000>/metadata.jsonl, samples/0000.png ..., grid.png (official GenEval layout).
           jsonl lines may carry "height"/"width" (pixels) for other aspect ratios.
     edit: jsonl lines {"source": image path, "instruction": ...}: same layout + <out>/edits.jsonl.
-    i2t:  jsonl lines {"image": path, "question": optional} or image paths: <out>/answers.jsonl.
+    i2t / understand:  jsonl lines {"image": path, "question": optional} or image paths:
+          <out>/answers.jsonl.
+    interleaved: jsonl lines {"caption": ..., "image": the first frame's path}: the model
+          continues the story with up to --story_images frames; <out>/<00000>/frame_00.png (the
+          given frame), frame_01.png ..., story.json {"caption", "texts", "frames"}, strip.png.
     N = --samples images per prompt, generated --batch_size at a time (CFG doubles the rows).
     Resumable: finished prompts are skipped; every file is written atomically; seeds depend only
     on the sampling seed and the prompt index, so a resumed run reproduces the same images.
@@ -186,7 +195,8 @@ def run(
         ckpt: AR checkpoint (ARModule Lightning checkpoint, or modules.ar.sampler.save_generator's).
         prompts: GenEval metadata jsonl, or plain text lines (format detected from the first line).
         out: output folder.
-        task: t2i, edit or i2t.
+        task: t2i, edit, i2t / understand (the same: image + optional question -> text), or
+            interleaved (caption + first frame -> transitions and frames).
         tokenizer_ckpt: TokenizerModule checkpoint (default: the one recorded in the AR checkpoint).
         sampling: YAML file (configs/sampling/*.yaml) or mapping of SamplingConfig keys.
         samples: images per prompt (GenEval: 4).
@@ -198,6 +208,7 @@ def run(
         text_tokenizer_path: folder or file of the HF tokenizer.json (default: the checkpoint's).
         limit: only the first `limit` prompts.
         device: cpu or cuda.
+        story_images: interleaved: most frames the model draws per story.
         allow_untrained_scales: generate even at a number of scales (resolution) the checkpoint
             never trained on (by default that is refused: those scales' embeddings are untrained).
     """
@@ -212,6 +223,9 @@ def run(
                          f"{height} and {width}")
     if limit is not None and limit < 1:
         raise UsageError(f"--limit {limit} must be >= 1 (or omitted for every prompt)")
+    if story_images < 1:
+        raise UsageError(f"--story_images {story_images} must be >= 1")
+    task = "i2t" if task == "understand" else task
     cfg = load_sampling(sampling)
     items = read_prompt_file(prompts, task)[:limit]
     base = Path(prompts).expanduser().resolve().parent
@@ -261,7 +275,11 @@ def run(
                 continue
             sized = "height" in item or "width" in item
             with torch.no_grad():
-                if task == "i2t":
+                if task == "interleaved":
+                    _continue_story(model, tokenizer, text_tok, item, encode_image(
+                        tokenizer, item["image"], base, sch if sized else None, patch, i), folder,
+                        dataclasses.replace(cfg, seed=cfg.seed + i), story_images)
+                elif task == "i2t":
                     src = encode_image(tokenizer, item["image"], base, sch if sized else None, patch, i)
                     q = text_tok.encode(item.get("question", ""))
                     ids = answer(model, [src], [q], dataclasses.replace(cfg, seed=cfg.seed + i))[0]
@@ -302,7 +320,37 @@ def _write_prompt_folder(folder: Path, item: dict, images: np.ndarray) -> None:
     save_text(folder / "metadata.jsonl", json.dumps(item) + "\n")
 
 
+def _continue_story(model, tokenizer, text_tok, item: dict, src, folder: Path, cfg, story_images: int) -> None:
+    """One story: caption + first frame -> the model's texts and frames, written to `folder`
+    (story.json last: a folder with it is complete)."""
+    from modules.ar.sampler import continue_interleaved
+
+    schedule, codes = src
+    new = continue_interleaved(model, [text_tok.encode(item["caption"]), (schedule, codes)], schedule, cfg,
+                               max_images=story_images)
+    frames = [codes] + [t for t in new if isinstance(t[0], torch.Tensor)]
+    texts, pending = [], []
+    for t in new:  # the text written before each new frame (joined when several runs precede it)
+        if isinstance(t[0], torch.Tensor):
+            texts.append(" ".join(pending))
+            pending = []
+        else:
+            pending.append(text_tok.decode(t).strip())
+    if pending:
+        texts.append(" ".join(pending))
+    maps = [torch.stack([f[k] for f in frames]) for k in range(schedule.num_scales)]
+    images = to_uint8(tokenizer.decode(maps, schedule))
+    for k, im in enumerate(images):
+        save_png(folder / f"frame_{k:02d}.png", im)
+    save_png(folder / "strip.png", np.asarray(image_grid(list(images), captions=[item["caption"][:30]] +
+                                                         [t[:30] for t in texts[:len(images) - 1]], pad=2)))
+    save_text(folder / "story.json", json.dumps({**item, "texts": texts, "frames": [
+        f"frame_{k:02d}.png" for k in range(len(images))]}) + "\n")
+
+
 def _finished(folder: Path, task: str, samples: int, out_dir: Path, index: int) -> bool:
+    if task == "interleaved":
+        return (folder / "story.json").is_file()
     if task == "i2t":
         return index in _jsonl_indices(out_dir / "answers.jsonl")
     if not (folder / "metadata.jsonl").is_file():

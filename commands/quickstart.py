@@ -52,6 +52,10 @@ class Sizes:
     rl_group_size: int = 4
     # GRPOModule init_args over the experiment config's (README: the RL settings measured)
     rl_overrides: dict | None = field(default_factory=lambda: {"lr": 3e-5})
+    # the unified recipe (stage_unified): AR steps on the task mixture (0 = stage off) and edit /
+    # video samples of each kind written for it
+    unified_steps: int = 0
+    unified_samples: int = 600
 
     @classmethod
     def named(cls, name: str) -> "Sizes":
@@ -76,7 +80,7 @@ class Sizes:
             return cls(train_scenes=96, val_scenes=64, train128_scenes=16, geneval_images_per_prompt=1,
                        geneval_prompts=24, tokenizer_steps=(3, 2, 2), tokenizer_scale_drop=0.5, ar_steps=6,
                        ar_minutes=5, ar_switch_step=4,
-                       ar_batches_per_epoch=2,
+                       ar_batches_per_epoch=2, unified_steps=2, unified_samples=6,
                        suite={"geneval_limit": 6, "images_per_prompt": 1, "dpg_prompts": 2,
                               "editcanvas_per_task": 1, "understanding_scenes": 1},
                        rl_steps=2, rl_minutes=5.0, rl_prompts_per_step=2, rl_group_size=2)
@@ -471,6 +475,53 @@ def stage_rl(sizes: Sizes, tokenizer_ckpt: str, ar_ckpt: str) -> Callable[[Path]
     return body
 
 
+def stage_unified(sizes: Sizes, world: dict, data: dict, tokenizer_ckpt: str) -> Callable[[Path], dict[str, Any]]:
+    """The unified recipe (configs/experiment/ar_shapes_unified.yaml): edit, subject and video
+    shards, every task pretokenised, one AR model fit on the mixture for `unified_steps`, then the
+    suite with interleaved stories. Off (a skipped record) while `unified_steps` is 0."""
+
+    def body(stage_dir: Path) -> dict[str, Any]:
+        if sizes.unified_steps <= 0:
+            return {"skipped": "Sizes.unified_steps is 0"}
+        from commands.pretokenize import run as pretokenize
+        from commands.world import run as world_run
+
+        n = sizes.unified_samples
+        common = dict(width=64, height=64, samples_per_shard=500, min_object_px=sizes.min_object_px)
+        for kind, seed in (("edits", 11), ("subject", 12), ("videos", 13)):
+            world_run(kind=kind, out=str(stage_dir / f"raw_{kind}"), num_samples=n, seed=seed, num_frames=6, **common)
+        sources = {"understand": world["train_ar"], "edit": stage_dir / "raw_edits",
+                   "subject": stage_dir / "raw_subject", "interleaved": stage_dir / "raw_videos"}
+        for task, raw in sources.items():
+            pretokenize(raw=str(raw), checkpoint=tokenizer_ckpt, out=str(stage_dir / task), task=task,
+                        self_correct=0.0 if task == "understand" else 0.6)
+        weights = {"understand": 0.25, "edit": 0.2, "subject": 0.05, "interleaved": 0.15}
+        mixture = [{"train_dir": data["64"], "weight": 0.35}] + [
+            {"train_dir": str(stage_dir / t), "weight": w} for t, w in weights.items()]
+        fit_dir = stage_dir / "fit"
+        fit_dir.mkdir(parents=True, exist_ok=True)
+        overlay = _ar_overlay(sizes, data, tokenizer_ckpt, fit_dir, [])
+        overlay["data"]["init_args"] = {"mixture": mixture, "train_dirs": None, "val_dir": data["val"],
+                                        "batch_size": 8, "val_batch_size": 16}
+        overlay["trainer"]["max_steps"] = sizes.unified_steps
+        experiment = str(EXPERIMENTS / "ar_shapes_unified.yaml")
+        run_main("fit", "--config", experiment, "--config", write_overlay(fit_dir / "overlay.yaml", overlay))
+        bench = {"class_path": "callbacks.evaluation.BenchmarkCallback",
+                 "init_args": {"validate_suite": {**sizes.suite, "interleaved_videos": sizes.suite.get(
+                     "understanding_scenes", 4), "train_captions": [data["64"]]}, "out_dir": str(stage_dir),
+                     "sampling": {"top_k": 8, "guidance": 5.0, "guidance_schedule": "constant", "seed": 0}}}
+        overlay["trainer"] = {**overlay["trainer"], **_trainer_outputs(stage_dir / "validate", [bench])}
+        run_main("validate", "--config", experiment, "--config", write_overlay(stage_dir / "validate.yaml", overlay),
+                 "--ckpt_path", str(fit_dir / "last.ckpt"))
+        metrics = json.loads((stage_dir / "benchmarks" / "validate" / "metrics.json").read_text())
+        from evaluation.suite import headline
+
+        return {"checkpoint": str(fit_dir / "last.ckpt"), "run_dir": str(stage_dir / "benchmarks" / "validate"),
+                **headline(metrics)}
+
+    return body
+
+
 def stage_baselines(sizes: Sizes, data: dict) -> Callable[[Path], dict[str, Any]]:
     """The suite, with the trained model's settings, on the random-scenes floor and the ground-truth
     ceiling (evaluation/baselines.py): <stage_dir>/{random_scenes,ground_truth}/metrics.json."""
@@ -562,6 +613,7 @@ def _run_unlocked(out: str, size: str) -> dict[str, Any]:
     trained = run_stage("validate", out_dir, stage_validate(sizes, data, previous, ar["checkpoint"]), log)
     rl = run_stage("rl", out_dir, stage_rl(sizes, previous, ar["checkpoint"]), log)
     rl_scores = run_stage("validate_rl", out_dir, stage_validate(sizes, data, previous, rl["checkpoint"]), log)
+    run_stage("unified", out_dir, stage_unified(sizes, world, data, previous), log)
     untrained = run_stage("validate_untrained", out_dir, stage_validate(sizes, data, previous, None), log)
     baselines = run_stage("baselines", out_dir, stage_baselines(sizes, data), log)
     report = run_stage("report", out_dir, stage_report(trained, untrained, rl_scores), log)

@@ -76,21 +76,47 @@ def decode_pretokenized_item(sample: dict[str, Any], encode_text, *, variant: in
     text = meta.get("text")
     if not isinstance(text, str):
         raise BadSample("missing_caption", f"json text is {text!r}; every sample needs its caption")
+    N = meta.get("num_images", 1)
+    if isinstance(N, bool) or not isinstance(N, int) or N < 1:
+        raise BadSample("bad_meta", f"json num_images {N!r} is not a positive integer")
     T = schedule.token_count
     clean = _codes(sample, "targets.npy", T, codebook)
-    if len(clean) != 1:
-        raise BadSample("shape", f"targets.npy holds {len(clean)} rows of {T} tokens; expected one")
-    clean = clean[0]
-    inputs = _codes(sample, "inputs.npy", T, codebook) if "inputs.npy" in sample else clean[None]
-    paired = _codes(sample, "variant_targets.npy", T, codebook) if "variant_targets.npy" in sample else clean[None]
+    if len(clean) != N:
+        raise BadSample("shape", f"targets.npy holds {len(clean)} rows of {T} tokens; expected {N} (num_images)")
+
+    def rows(key):  # (V, N, T): V variants of the N images
+        a = _codes(sample, key, T, codebook) if key in sample else clean
+        if len(a) % N:
+            raise BadSample("shape", f"{key} holds {len(a)} rows of {T} tokens, not whole variants of {N} images")
+        return a.reshape(-1, N, T)
+
+    inputs, paired = rows("inputs.npy"), rows("variant_targets.npy")
     v = int(rng.integers(len(inputs))) if variant is None else variant % len(inputs)
 
     def maps(a):
         return split_scales(torch.from_numpy(np.asarray(a).astype(np.int64)), schedule)
 
-    return {"task": meta.get("task", "t2i"), "text_ids": encode_text(text), "schedule": schedule,
-            "targets": maps(paired[v % len(paired)]), "inputs": maps(inputs[v]), "clean_targets": maps(clean),
+    images = [{"targets": maps(paired[v % len(paired), k]), "inputs": maps(inputs[v, k]),
+               "clean_targets": maps(clean[k])} for k in range(N)]
+    task = meta.get("task", "t2i")
+    item = {"task": task, "text_ids": encode_text(text), "schedule": schedule, **images[0],
             "key": sample.get("__key__"), "fingerprint": fingerprint, "codebook_size": codebook}
+    if N > 1:
+        item["images"] = images
+    if task == "understand":
+        qa = meta.get("qa")
+        if not isinstance(qa, list) or not qa or not all(isinstance(p, list) and len(p) == 2 for p in qa):
+            raise BadSample("bad_meta", f"understand sample: json qa {qa!r} is not a list of [question, answer]")
+        question, answer = qa[int(rng.integers(len(qa)))]  # one of the scene's questions per read
+        item["prompt_ids"], item["text_ids"] = encode_text(question), encode_text(answer)
+    if task == "interleaved":
+        texts = meta.get("texts")
+        if not isinstance(texts, list) or len(texts) != N or not all(isinstance(t, str) for t in texts):
+            raise BadSample("bad_meta", f"interleaved sample: json texts must be {N} strings (one per keyframe)")
+        item["texts_ids"] = [encode_text(t) for t in texts]
+    if task in ("edit", "subject") and N != 2:
+        raise BadSample("shape", f"{task} sample holds {N} images; expected 2 (source, target)")
+    return item
 
 
 class PretokenizedDataModule(ShardDataModule):
@@ -117,16 +143,29 @@ class PretokenizedDataModule(ShardDataModule):
             per rank. Needs the AR model's batcher (it measures the sequences).
         pack_costs: the cost model JSON (`python main.py bench packing --calibrate`); None: the
             default constants (verl's token/pair ratio).
+        mixture: task mixture instead of train_dir: a list of sources {train_dir, weight,
+            loss_weight, val_dir} (one task's pretokenised shards each; `main.py pretokenize
+            --task ...`). Each training sample is drawn from source k with probability weight_k /
+            Σ weights (datamodules/mixture.py), every loss weight of its sequence scaled by
+            loss_weight (default 1); batches stay bucketed by resolution, task and length, and
+            an epoch is Σ samples / (ranks × batch_size) batches on every rank. With no val_dir,
+            validation reads every source's val_dir. (Not combined with packing="compute" yet.)
     """
 
-    def __init__(self, train_dir: str | None = None, val_dir: str | None = None,
+    def __init__(self, train_dir: str | None = None, val_dir: str | list[str] | None = None,
                  train_dirs: dict[str, str] | None = None, phase: str | None = None, batch_size: int = 8,
                  val_batch_size: int | None = None, num_workers: int = 0, text_tokenizer: str | None = None,
                  text_tokenizer_path: str | None = None, length_bin: int = 256, variant: int | None = None,
                  seed: int = 0, shuffle_buffer: int = 256, max_skipped_fraction: float = 0.1,
                  packing: Literal["bucket", "compute"] = "bucket", pack_token_cap: int = 4096,
                  pack_cost_cap: float | None = None, pack_window: int = 64, pack_costs: str | None = None,
-                 pack_balance: Literal["kk", "lpt"] = "kk"):
+                 pack_balance: Literal["kk", "lpt"] = "kk", mixture: list[dict[str, Any]] | None = None):
+        if mixture and packing == "compute":
+            raise ConfigError("data.init_args.mixture with packing='compute' is not supported yet (the packer plans "
+                              "one stream); use packing='bucket' with a mixture, or one train_dir with compute packing")
+        self.mixture = self._check_mixture(mixture, train_dir, train_dirs)
+        if self.mixture and val_dir is None:
+            val_dir = [src["val_dir"] for src in self.mixture if src.get("val_dir")] or None
         super().__init__(train_dir, val_dir, batch_size, val_batch_size, num_workers, seed, shuffle_buffer,
                          max_skipped_fraction)
         require_positive(length_bin=length_bin, pack_token_cap=pack_token_cap, pack_window=pack_window)
@@ -148,6 +187,59 @@ class PretokenizedDataModule(ShardDataModule):
             self.set_phase(phase if phase is not None else next(iter(self.train_dirs)))
         self._rng = np.random.default_rng(seed)
         self.batcher = None
+
+    @staticmethod
+    def _check_mixture(mixture, train_dir, train_dirs) -> list[dict[str, Any]]:
+        if not mixture:
+            return []
+        if train_dir is not None or train_dirs:
+            raise ConfigError("data.init_args.mixture replaces train_dir / train_dirs; set one of them, not both")
+        out = []
+        for k, src in enumerate(mixture):
+            if not isinstance(src, dict) or not isinstance(src.get("train_dir"), str):
+                raise ConfigError(f"mixture source {k} is {src!r}; each needs a train_dir (and optional weight, "
+                                  "loss_weight, val_dir)")
+            unknown = set(src) - {"train_dir", "weight", "loss_weight", "val_dir"}
+            if unknown:
+                raise ConfigError(f"mixture source {k} has unknown keys {sorted(unknown)}; use train_dir, weight, "
+                                  "loss_weight, val_dir")
+            src = {"weight": 1.0, "loss_weight": 1.0, **src}
+            for key in ("weight", "loss_weight"):
+                if isinstance(src[key], bool) or not isinstance(src[key], (int, float)) or src[key] < 0:
+                    raise ConfigError(f"mixture source {k} ({src['train_dir']}): {key} {src[key]!r} must be a "
+                                      "number >= 0")
+            out.append(src)
+        if sum(src["weight"] for src in out) <= 0:
+            raise ConfigError(f"mixture weights {[s['weight'] for s in out]} sum to 0; give a source a positive weight")
+        return out
+
+    def train_dataloader(self):
+        if not self.mixture:
+            return super().train_dataloader()
+        import functools
+
+        import webdataset as wds
+
+        from datamodules.mixture import MixedBatches
+        from datamodules.shards import make_stream, shard_urls
+
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        streams = []
+        for k, src in enumerate(self.mixture):
+            stream, counter = make_stream(
+                shard_urls(src["train_dir"]), functools.partial(self._decode_source, float(src["loss_weight"])),
+                shuffle=True, seed=self.seed + epoch + 7919 * k, repeat=True, world_size=self.world_size,
+                num_workers=self.num_workers, shuffle_buffer=self.shuffle_buffer, counts=self.sample_counts["train"])
+            self.skipped_counters.append(counter)
+            streams.append(stream)
+        batches = MixedBatches(streams, [src["weight"] for src in self.mixture], self.batch_size, self.bucket_key,
+                               self.collate, seed=self.seed + epoch)
+        loader = wds.WebLoader(batches, batch_size=None, num_workers=self.num_workers, persistent_workers=False)
+        return loader.with_epoch(self.batches_per_rank([src["train_dir"] for src in self.mixture], self.batch_size))
+
+    def _decode_source(self, loss_weight: float, sample):
+        item = self.decode_train(sample)
+        return item if loss_weight == 1.0 else {**item, "loss_weight": loss_weight}
 
     def use_text_tokenizer(self, tokenizer, kind: str) -> None:
         """Called by the AR model at setup: encode captions with the model's own tokenizer."""
@@ -182,7 +274,9 @@ class PretokenizedDataModule(ShardDataModule):
         return {**self.decode(sample), "train": True}  # the batcher applies condition dropout to these
 
     def bucket_key(self, item):
-        length = len(item["text_ids"]) + item["schedule"].token_count
+        images = len(item.get("images", ())) or 1
+        texts = sum(len(t) for t in item.get("texts_ids", [item["text_ids"]])) + len(item.get("prompt_ids", ()))
+        length = texts + images * item["schedule"].token_count
         return item["schedule"].final_grid, item["task"], length // self.length_bin
 
     def collate(self, items):

@@ -11,6 +11,8 @@ Layout written (what `main.py report` reads, evaluation/reporting.py):
     out_dir/dpg/<item_id>.png (2×2 grid, official), dpg_questions.csv, dpg_results.json
     out_dir/editcanvas/<id>/{sample.json, source.png, target.png, result.png}; editcanvas_results.json
     out_dir/understanding.json
+    out_dir/interleaved/interleaved.json, strip.png (a generated story: first frame, then the
+                                  model's frame, captioned with the texts)
     out_dir/metrics.json          {"geneval": summary, "dpg": ..., "editcanvas": ..., "understanding": ...}
 
 metrics.json's "geneval" also holds "seen" and "unseen": the same summary (overall, tasks,
@@ -59,6 +61,7 @@ class SuiteConfig:
     seed: int = 0
     train_captions: list[str] | None = None
     min_object_px: float | None = None
+    interleaved_videos: int = 0  # held-out world videos continued (evaluation/interleaved.py); needs continue_story
 
 
 def scene_kwargs(cfg: SuiteConfig) -> dict[str, Any]:
@@ -149,6 +152,33 @@ def run_understanding(gen: Generator, out: Path, cfg: SuiteConfig) -> dict:
     return {k: v for k, v in res.items() if k not in ("records",)}
 
 
+def run_interleaved(gen: Generator, out: Path, cfg: SuiteConfig) -> dict:
+    from evaluation.grids import image_grid
+    from evaluation.interleaved import interleaved_items, score_interleaved
+
+    if not hasattr(gen, "continue_story"):
+        return {"skipped": f"{type(gen).__name__} writes no stories (no continue_story)"}
+    items = interleaved_items(cfg.interleaved_videos, seed=cfg.seed, width=cfg.width, height=cfg.height)
+    kept: dict[int, np.ndarray | None] = {}
+
+    def continue_fn(captions, frames, seed):
+        outs = gen.continue_story(captions, frames, seed)
+        kept.update({i: im for i, (_, im) in enumerate(outs)})
+        return outs
+
+    res = score_interleaved(items, continue_fn, seed=cfg.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    strip, texts = [], []
+    for i, (it, rec) in enumerate(zip(items[:4], res["records"])):
+        blank = np.zeros_like(it["image"])
+        strip += [it["image"], kept.get(i) if kept.get(i) is not None else blank]
+        texts += [it["caption"][:40], rec["text"][:40] or "(no text)"]
+    if strip:
+        image_grid(strip, ncols=2, captions=texts).save(out / "strip.png")
+    (out / "interleaved.json").write_text(json.dumps(res, indent=1, default=str))
+    return {k: v for k, v in res.items() if k != "records"}
+
+
 def run_suite(gen: Generator, out_dir: str | Path, cfg: SuiteConfig | None = None,
               extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run every benchmark whose size is > 0; returns and writes metrics.json."""
@@ -159,7 +189,8 @@ def run_suite(gen: Generator, out_dir: str | Path, cfg: SuiteConfig | None = Non
     runs = [("geneval", run_geneval, cfg.geneval_limit != 0, out_dir / "geneval"),
             ("dpg", run_dpg, cfg.dpg_prompts > 0, out_dir / "dpg"),
             ("editcanvas", run_editcanvas, cfg.editcanvas_per_task > 0, out_dir / "editcanvas"),
-            ("understanding", run_understanding, cfg.understanding_scenes > 0, out_dir / "understanding.json")]
+            ("understanding", run_understanding, cfg.understanding_scenes > 0, out_dir / "understanding.json"),
+            ("interleaved", run_interleaved, cfg.interleaved_videos > 0, out_dir / "interleaved")]
     for name, fn, enabled, where in runs:
         if not enabled:
             continue
@@ -213,7 +244,7 @@ def rescore_suite(out_dir: str | Path) -> dict[str, Any]:
 NOT_BENCHMARKS = ("env", "suite", "step", "epoch", "previous", "settings", "scales", "sampling", "checkpoint",
                   "untrained_scales", "untrained_scale_counts", "trained_scale_counts", "alpha", "resolution",
                   "baseline")
-COUNT_KEYS = ("n", "num_prompts", "num_samples", "images", "prompts", "seconds")
+COUNT_KEYS = ("n", "num_prompts", "num_samples", "images", "prompts", "seconds", "items", "events_stated")
 HEADLINE_NAMES = {"dpg/dpg": "dpg/score"}   # DPG's own name for its score is "dpg"
 
 

@@ -129,3 +129,40 @@ def make_video(rng: np.random.Generator, num_frames: int = 8, width: int = 64, h
         sentences = [_sentence(e, n) for e, n in zip(frame_events, names)]
         captions.append(". ".join(s[0].upper() + s[1:] for s in sentences) + "." if sentences else "Nothing changes.")
     return Video(frames, object_ids, events, captions)
+
+
+def transition_caption(video: dict[str, Any], a: int, b: int) -> str:
+    """What changed between frames a < b of a video (its `to_dict()`), from the exact event log:
+    per object, in the order of its first event in (a, b], the net change — "moves <direction>"
+    (net displacement a -> b), "turns <colour>" (colour at b), "appears <where>" (its place at b),
+    "disappears" (present at a, gone at b); an object that appears and disappears inside the
+    interval is never seen and not named. Same sentence forms as the per-frame captions."""
+    if not 0 <= a < b < len(video["frames"]):
+        raise ValueError(f"transition ({a}, {b}) is not an increasing pair of frames of a {len(video['frames'])}-frame video")
+    scenes = [Scene.from_dict(video["frames"][t]) for t in (a, b)]
+    at = [dict(zip(video["object_ids"][t], s.objects)) for t, s in zip((a, b), scenes)]
+    order: list[int] = []
+    kinds: dict[int, set[str]] = {}
+    for e in video["events"]:
+        if a < e["frame"] <= b:
+            if e["object"] not in kinds:
+                order.append(e["object"])
+                kinds[e["object"]] = set()
+            kinds[e["object"]].add(e["event"])
+    sentences = []
+    for oid in order:
+        before, after = at[0].get(oid), at[1].get(oid)
+        if before is None and after is None:
+            continue
+        if before is None:
+            sentences.append(f"{noun_phrase(1, after.color, after.shape)} appears {place_phrase(after)}")
+            continue
+        name = noun_phrase(1, before.color, before.shape)
+        if after is None:
+            sentences.append(f"{name} disappears")
+            continue
+        if "move" in kinds[oid] and (after.cx, after.cy) != (before.cx, before.cy):
+            sentences.append(f"{name} moves {_direction(after.cx - before.cx, after.cy - before.cy)}")
+        if "recolor" in kinds[oid] and after.color != before.color:
+            sentences.append(f"{name} turns {after.color}")
+    return ". ".join(s[0].upper() + s[1:] for s in sentences) + "." if sentences else "Nothing changes."

@@ -20,6 +20,7 @@ EXPECTED = {
     "ar_shapes_t2i_noselfcorrect": {**MAIN, "self_correct": False},
     "ar_shapes_t2i_accumulated": {**MAIN, "visual_inputs": "accumulated"},
     "ar_shapes_i2t": {**MAIN, "self_correct": False, "cond_dropout": 0.0, "phases": None, "max_steps": 400},
+    "ar_shapes_unified": {**MAIN, "phases": None, "max_steps": 2000},
 }
 # Keys (flattened) where an ablation may differ from ar_shapes_t2i: its own setting and its output folder.
 OUTPUT_KEYS = {"trainer.default_root_dir", "trainer.logger.init_args.save_dir", "trainer.callbacks.2.init_args.dirpath"}
@@ -61,6 +62,7 @@ def test_config_fast_dev_run(config, tmp_path, monkeypatch):
     expected = EXPECTED[config.stem]
     data = parse_config(["fit", "--config", str(config)])["data"]["init_args"]
     dirs = list((data.get("train_dirs") or {}).values()) + [data.get("train_dir"), data.get("val_dir")]
+    dirs += [src.get(k) for src in data.get("mixture") or [] for k in ("train_dir", "val_dir")]
     i2t = "i2t" in config.stem
     for d in filter(None, dirs):
         make_shards(tmp_path / d, side=2, n=4, codebook=1024, i2t_every=1 if i2t else 0)

@@ -11,7 +11,7 @@ import dataclasses
 import numpy as np
 import torch
 
-from modules.ar.sampler import SamplingConfig, answer, edit_images, generate_images
+from modules.ar.sampler import SamplingConfig, answer, continue_interleaved, edit_images, generate_images
 from modules.common.images import from_uint8, to_uint8
 from modules.common.scale_schedule import ScaleSchedule
 from modules.text.tokenizers import default_text_tokenizer
@@ -66,6 +66,24 @@ class ARGenerator:
             src = self._encode(images[i:i + self.batch_size])
             ids = answer(self.model, src, [self.text.encode(q) for q in questions[i:i + self.batch_size]], cfg)
             out += [self.text.decode(t) for t in ids]
+        return out
+
+    @torch.no_grad()
+    def continue_story(self, captions: list[str], images: list[np.ndarray], seed: int,
+                       max_images: int = 1) -> list[tuple[str, np.ndarray | None]]:
+        """Interleaved: each story's opening caption + first frame -> (the text the model writes
+        next, the frame it draws after it, None if it stopped first), up to `max_images` frames
+        (the texts between them joined)."""
+        out = []
+        for i, (caption, image) in enumerate(zip(captions, images)):
+            (schedule, codes), = self._encode([image])
+            cfg = dataclasses.replace(self.sampling, seed=seed * 1_000_003 + i)
+            new = continue_interleaved(self.model, [self.text.encode(caption), (schedule, codes)], schedule, cfg,
+                                       max_images=max_images)
+            texts = [self.text.decode(t) for t in new if not isinstance(t[0], torch.Tensor)]
+            frames = [t for t in new if isinstance(t[0], torch.Tensor)]
+            frame = self._decode([frames[-1]], schedule)[0] if frames else None
+            out.append((" ".join(t.strip() for t in texts), frame))
         return out
 
 

@@ -42,6 +42,9 @@ class ARModule(pl.LightningModule):
             "shapes-words" (one id per Shapes-world word) or "hf" + a local tokenizer.json. It
             sets the text vocabulary, so the model owns it; the datamodule and the benchmark
             callback take it from here.
+        story_loss: which parts of an interleaved story are trained (modules/ar/tasks.py):
+            everything after the opening caption (default), "all", or only the later "images" /
+            "texts".
     """
 
     def __init__(self, preset: str = "tiny", overrides: dict[str, Any] | None = None,
@@ -52,7 +55,8 @@ class ARModule(pl.LightningModule):
                  betas: tuple[float, float] = (0.9, 0.95), warmup_steps: int = 100,
                  lr_schedule: Literal["constant", "cosine"] = "constant", min_lr_ratio: float = 0.1, seed: int = 0,
                  text_tokenizer: Literal["bytes", "shapes-words", "hf"] = "bytes",
-                 text_tokenizer_path: str | None = None):
+                 text_tokenizer_path: str | None = None,
+                 story_loss: Literal["after_first_caption", "all", "images", "texts"] = "after_first_caption"):
         super().__init__()
         self.save_hyperparameters()
         overrides = dict(overrides or {})
@@ -116,7 +120,7 @@ class ARModule(pl.LightningModule):
                                  cond_dropout=h.cond_dropout, self_correct=h.self_correct,
                                  fingerprint=self.tokenizer_fingerprint, tokenizer_ckpt=h.tokenizer_ckpt,
                                  pack_row_len=h.pack_row_len, pad_to_multiple=FLEX_BLOCK if self._use_flex() else 1,
-                                 seed=h.seed + self.global_rank)
+                                 seed=h.seed + self.global_rank, story_loss=h.get("story_loss", "after_first_caption"))
 
     @property
     def builder(self) -> SequenceBuilder:
@@ -257,14 +261,14 @@ def batch_scale_counts(batch) -> dict[int, int]:
     out: dict[int, int] = {}
     if isinstance(batch, IndexBatch):  # the datamodule's worker-collated batches
         for g in batch.images:
-            n, k = g.schedule.num_scales, int(g.loss.sum())
+            n, k = g.schedule.num_scales, int((g.loss > 0).sum())
             if k:
                 out[n] = out.get(n, 0) + k
         return out
     if isinstance(batch, (list, tuple)) and all(isinstance(it, dict) for it in batch):
         for it in batch:
             sch = it.get("schedule")
-            if sch is not None and it.get("task", "t2i") != "i2t":
+            if sch is not None and it.get("task", "t2i") not in ("i2t", "understand"):
                 out[sch.num_scales] = out.get(sch.num_scales, 0) + 1
         return out
     get = batch.get if isinstance(batch, dict) else lambda k: getattr(batch, k, None)

@@ -2,15 +2,18 @@
 `ItemBatcher` that turns datamodule items into index batches.
 
     t2i          <t2i> caption(cond) [image, loss]
-    i2t          <i2t> [image, no loss, closed] prompt answer <eos> (answer trained)
-    edit         <edit> [source image, no loss, closed] instruction(cond) [target image, loss]
-    interleaved  <interleave> text [image] text [image] ... (everything trained)
+    i2t          <i2t> [image, no loss, closed] prompt answer <eos> (answer trained); the shards'
+                 "understand" task is this with a question as the prompt
+    edit         <edit> [source image, no loss, closed] instruction(cond) [target image, loss];
+                 the shards' "subject" task is this with the subject image as the source
+    interleaved  <interleave> text [image] text [image] ... <eos>; which parts are trained is
+                 `story_loss` (default: everything after the first caption)
 Condition dropout removes the `cond` segments (text) so the same model learns the
 unconditional branch used by classifier-free guidance (NF §4).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -36,14 +39,26 @@ def edit(vocab: UnifiedVocab, src_schedule: ScaleSchedule, src_codes, instructio
             TextSeg(list(instruction), cond=True), ImageSeg(tgt_schedule, tgt_targets, tgt_inputs, loss=True)]
 
 
-def interleaved(vocab: UnifiedVocab, items: list) -> list:
-    """items: text id lists and (schedule, targets[, inputs]) tuples, in order."""
+STORY_LOSS = ("after_first_caption", "all", "images", "texts")
+
+
+def interleaved(vocab: UnifiedVocab, items: list, story_loss: str = "all", end: bool = False) -> list:
+    """items: text id lists and (schedule, targets[, inputs]) tuples, in order. story_loss:
+    "all" trains every text and image; "after_first_caption" every part but the first text (the
+    story's opening caption is the condition); "images" / "texts" only those (after the first
+    caption). end: close the story with <eos> (trained with the texts)."""
+    if story_loss not in STORY_LOSS:
+        raise ValueError(f"story_loss {story_loss!r} is not one of {STORY_LOSS}")
     segs: list = [TextSeg([vocab.task("interleave")])]
-    for it in items:
+    for k, it in enumerate(items):
+        first_text = k == 0 and not isinstance(it, tuple)
         if isinstance(it, tuple):
-            segs.append(ImageSeg(it[0], it[1], it[2] if len(it) > 2 else None, loss=True))
+            segs.append(ImageSeg(it[0], it[1], it[2] if len(it) > 2 else None, loss=story_loss != "texts"))
         else:
-            segs.append(TextSeg(list(it), loss=True))
+            segs.append(TextSeg(list(it), loss=story_loss == "all" or (story_loss in ("after_first_caption", "texts")
+                                                                       and not first_text)))
+    if end:
+        segs.append(TextSeg([vocab.eos], loss=story_loss != "images"))
     return segs
 
 
@@ -52,8 +67,11 @@ class ItemBatcher:
     """Datamodule items -> `IndexBatch` (index tensors only, no code embeddings), so it runs in
     dataloader workers: `PretokenizedDataModule.collate` calls it once the AR model has handed
     it over (`ARModule.setup`). Items: {"task", "text_ids", "schedule", "targets", "inputs",
-    "clean_targets", "key", "fingerprint", "codebook_size"}; a "train" flag (set by the
-    datamodule's training decode) turns on condition dropout."""
+    "clean_targets", "key", "fingerprint", "codebook_size"} (+ "images": per-image
+    {"targets", "inputs", "clean_targets"} for edit / subject / interleaved, "prompt_ids" for
+    understand, "texts_ids" for interleaved); a "train" flag (set by the datamodule's training
+    decode) turns on condition dropout; a "loss_weight" (a mixture source's, default 1) scales every
+    loss weight of the sample."""
 
     vocab: UnifiedVocab
     text_vocab_size: int
@@ -68,6 +86,7 @@ class ItemBatcher:
     pack_row_len: int | None = None
     pad_to_multiple: int = 1
     seed: int = 0
+    story_loss: str = "after_first_caption"
 
     def __post_init__(self):
         self._gen: torch.Generator | None = None
@@ -102,6 +121,23 @@ class ItemBatcher:
             return t2i(vocab, text, item["schedule"], targets, inputs)
         if item["task"] == "i2t":
             return i2t(vocab, item["schedule"], item.get("clean_targets", targets), text)
+        if item["task"] == "understand":
+            return i2t(vocab, item["schedule"], item.get("clean_targets", targets), text, item.get("prompt_ids", ()))
+        images = item.get("images")
+        if item["task"] in ("edit", "subject", "interleaved") and not images:
+            raise ValueError(f"{item['task']} item {item.get('key')} has no 'images' (pretokenise it with "
+                             f"`main.py pretokenize --task {item['task']}`)")
+        if item["task"] in ("edit", "subject"):
+            src, tgt = images
+            return edit(vocab, item["schedule"], src["clean_targets"], text, item["schedule"], *self._image(tgt))
+        if item["task"] == "interleaved":
+            texts = item.get("texts_ids") or []
+            if len(texts) != len(images):
+                raise ValueError(f"interleaved item {item.get('key')} has {len(texts)} texts for {len(images)} images")
+            parts: list = []
+            for t, im in zip(texts, images):
+                parts += [list(t), (item["schedule"], *self._image(im))]
+            return interleaved(vocab, parts, self.story_loss, end=True)
         raise ValueError(f"unknown task {item['task']!r} in batch item {item.get('key')}")
 
     def sequence_stats(self, item: dict) -> SeqStats:
@@ -111,6 +147,13 @@ class ItemBatcher:
         tok, refs = self._builder.build_index(self.segments(item), drop_cond=False)
         weight = float((tok.weight > 0).sum()) + sum(r.schedule.token_count for r in refs if r.loss)
         return SeqStats(len(tok), attended_pairs(tok.block), weight)
+
+    def _image(self, im: dict) -> tuple:
+        """(targets, inputs) of a trained image: self-corrected inputs with their paired targets,
+        or the clean top-1 codes for both."""
+        if self.self_correct:
+            return im["targets"], im["inputs"]
+        return im["clean_targets"], None
 
     def __call__(self, items: list[dict], *, train: bool | None = None,
                  generator: torch.Generator | None = None, row_len: int | None = None,
@@ -124,7 +167,12 @@ class ItemBatcher:
         samples = []
         for it in items:
             d = drop > 0 and float(torch.rand((), generator=g)) < drop
-            samples.append(self._builder.build_index(self.segments(it), drop_cond=d))
+            tok, refs = self._builder.build_index(self.segments(it), drop_cond=d)
+            w = float(it.get("loss_weight", 1.0))
+            if w != 1.0:  # a mixture source's loss weight: text tokens here, images in `materialize`
+                tok = replace(tok, weight=tok.weight * w)
+                refs = [replace(r, loss=float(r.loss) * w) for r in refs]
+            samples.append((tok, refs))
         batch = collate_index(samples, row_len=row_len or self.pack_row_len, pad_to_multiple=self.pad_to_multiple,
                               pad_id=self.vocab.pad)
         batch.loss_norm = loss_norm

@@ -189,7 +189,7 @@ class ImageRef:
     codes: torch.Tensor  # (T,) long input codes (self-corrected variant or top-1), scale-major
     start: int
     close: bool
-    loss: bool
+    loss: bool | float  # trained (a float: the sample's loss weight)
 
 
 @dataclass
@@ -381,7 +381,7 @@ class ImageGroup:
     close: bool
     codes: torch.Tensor  # (N, T) long input codes, scale-major
     start: torch.Tensor  # (N,) long flat index (row·L + offset) of each image's first token
-    loss: torch.Tensor  # (N,) bool: the image's scales are trained
+    loss: torch.Tensor  # (N,) float: the image's loss weight (0: not trained; 1, or a mixture source's weight)
 
     def to(self, device) -> "ImageGroup":
         return replace(self, codes=self.codes.to(device, non_blocking=True),
@@ -439,6 +439,6 @@ def collate_index(samples: list[tuple[Tokens, list[ImageRef]]], *, row_len: int 
                 groups.setdefault((ref.schedule, ref.close), []).append((ref.codes, r * L + offset + ref.start, ref.loss))
             offset += len(toks[j])
     images = [ImageGroup(sch, close, torch.stack([c for c, _, _ in refs]), torch.tensor([s for _, s, _ in refs]),
-                         torch.tensor([lo for _, _, lo in refs], dtype=torch.bool))
+                         torch.tensor([float(lo) for _, _, lo in refs]))
               for (sch, close), refs in groups.items()]
     return IndexBatch(tok, images)

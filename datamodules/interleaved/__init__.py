@@ -1,0 +1,1 @@
+"""Video -> interleaved data (keyframes + transition text), DESIGN.md "Data flow"."""
