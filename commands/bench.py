@@ -5,7 +5,9 @@
                                              index batches (bench_train_step(plain=True) adds a
                                              plain SDPA decoder of the same size)
     python main.py bench --what sampling     next-scale vs raster-scan sampling (issue 5)
-    python main.py bench                     all of the above
+    python main.py bench --what refiner --ckpt R [--regression_ckpt C] --val_dir D [--val128_dir D128] [--out O]
+                                             the refiner's metric table (issue 14; benchmarks/refiner.py)
+    python main.py bench                     all of the above but refiner
 
 Issue 4 targets: fused_ce <= 0.15x naive peak memory at <= 1.3x naive time (4096 tokens,
 d = 1024, vocabulary 152,064 + 16,384); train_step >= 0.85x the plain decoder's tokens/s.
@@ -199,17 +201,30 @@ def bench_sampling(device: str = "cpu") -> dict:
 BENCHES = {"fused_ce": bench_fused_ce, "train_step": bench_train_step, "sampling": bench_sampling}
 
 
-def run(what: str = "all", device: str = "cpu") -> dict:
-    """Print speed/memory benchmarks side by side with their baselines (fused_ce, train_step, sampling).
+def run(what: str = "all", device: str = "cpu", ckpt: str | None = None, regression_ckpt: str | None = None,
+        val_dir: str | None = None, val128_dir: str | None = None, out: str | None = None,
+        max_images: int = 256) -> dict:
+    """Print speed/memory benchmarks side by side with their baselines (fused_ce, train_step, sampling),
+    or the refiner's metric table (refiner).
 
     Args:
-        what: "all" or one of fused_ce, train_step, sampling.
+        what: "all" or one of fused_ce, train_step, sampling, refiner.
         device: "cpu" or "cuda" (fused_ce, train_step).
+        ckpt: refiner: the flow RefinerModule checkpoint.
+        regression_ckpt: refiner: the regression control's checkpoint (optional row).
+        val_dir: refiner: held-out raw shards (64 px scenes).
+        val128_dir: refiner: held-out raw shards at 128 px (optional agreement at 128 px).
+        out: refiner: folder for table.json and crops.png.
+        max_images: refiner: images scored at 64 px.
     """
     from commands import UsageError
 
+    if what == "refiner":
+        from benchmarks.refiner import bench_refiner
+
+        return {"refiner": bench_refiner(ckpt, regression_ckpt, val_dir, val128_dir, out=out, max_images=max_images)}
     if what != "all" and what not in BENCHES:
-        raise UsageError(f"unknown benchmark {what!r}; choose one of {['all', *BENCHES]}")
+        raise UsageError(f"unknown benchmark {what!r}; choose one of {['all', *BENCHES, 'refiner']}")
     names = list(BENCHES) if what == "all" else [what]
     return {n: BENCHES[n](device=device) for n in names}
 

@@ -315,6 +315,7 @@ def run(path: str, out: Optional[str] = None, baseline: Optional[str] = None,
         if not rows and loaded["csv"]:
             rows = [[k, float(v[-1])] for k, (_, v) in sorted(loaded["csv"].items())]
             header = ["last logged", "value"]
+    sections += refiner_sections(Path(curves) if curves else root, files)
     env = rp.environment(root)
     sections.append(("Environment", [("table", "", ["", "value"], [[k, v] for k, v in env.items()])]))
     (out_dir / "report.md").write_text(to_markdown(title, sections, out_dir))
