@@ -148,3 +148,63 @@ def bench_refiner(ckpt: str, regression_ckpt: str | None = None, val_dir: str | 
             save_crops(crop_imgs, d / "crops.png")
         print(f"wrote {d / 'table.json'} and {d / 'crops.png'}")
     return tables
+
+
+def geneval_with_refiner(ar_ckpt: str, refiner: str, out: str = "runs/refiner_geneval", steps: int = 4,
+                         geneval_limit: int | None = 96, images_per_prompt: int = 2, width: int = 64, height: int = 64,
+                         min_object_px: float | None = 24, train_captions: list[str] | None = None,
+                         sampling: dict | None = None, batch_size: int = 8) -> dict:
+    """GenEval of an AR checkpoint's samples, decoded alone and refined (issue 14), through the
+    benchmark suite (GenEval only) with the same prompts, seeds and therefore the same codes:
+
+        python -m benchmarks.refiner --ar_ckpt runs/quickstart/ar_fit/last.ckpt \\
+            --refiner runs/refiner_shapes/last.ckpt --out runs/refiner_geneval
+
+    A refiner trained on another tokenizer file than the AR model's is refused (one line, exit 2)."""
+    import dataclasses
+
+    from evaluation.suite import SuiteConfig, headline, run_suite
+    from modules.ar.generator import ARGenerator, load_ar_and_tokenizer
+    from modules.ar.sampler import SamplingConfig
+    from modules.refiner import load_refiner
+    from modules.text.tokenizers import build_text_tokenizer
+    from modules.tokenizer import checkpoint_fingerprint
+
+    model, meta, tokenizer, tok_path = load_ar_and_tokenizer(ar_ckpt)
+    ref = load_refiner(refiner, tokenizer.tokenizer, checkpoint_fingerprint(tok_path))
+    text = build_text_tokenizer(meta.get("text_tokenizer") or "bytes", meta.get("text_tokenizer_path"),
+                                model.config.text_vocab_size)
+    cfg = SamplingConfig.from_dict(sampling or {"top_k": 8, "guidance": 5.0, "guidance_schedule": "constant"})
+    suite = SuiteConfig(geneval_limit=geneval_limit, images_per_prompt=images_per_prompt, dpg_prompts=0,
+                        editcanvas_per_task=0, understanding_scenes=0, width=width, height=height,
+                        train_captions=train_captions, min_object_px=min_object_px)
+    scores = {}
+    for name, r in (("decoder", None), (f"refined ({steps} steps)", ref)):
+        gen = ARGenerator(model, tokenizer, text, sampling=cfg, batch_size=batch_size, refiner=r, refiner_steps=steps)
+        with torch.no_grad():
+            metrics = run_suite(gen, Path(out) / ("decoder" if r is None else "refined"), suite,
+                                extra={"ckpt": ar_ckpt, "refiner": refiner if r is not None else None,
+                                       "sampling": dataclasses.asdict(cfg)})
+        scores[name] = {k: v for k, v in headline(metrics).items() if k.startswith("geneval/")}
+    Path(out).mkdir(parents=True, exist_ok=True)
+    (Path(out) / "summary.json").write_text(json.dumps({"ar_ckpt": ar_ckpt, "refiner": refiner, "scores": scores},
+                                                       indent=1))
+    keys = [k for k in next(iter(scores.values())) if k.count("/") == 1]
+    print(f"{'':<22}" + "".join(f"{k.removeprefix('geneval/'):>16}" for k in keys))
+    for name, s in scores.items():
+        print(f"{name:<22}" + "".join(f"{s.get(k, float('nan')):>16.3f}" for k in keys))
+    return scores
+
+
+if __name__ == "__main__":
+    import sys
+
+    from jsonargparse import CLI
+
+    from modules.common.errors import ConfigError
+
+    try:
+        CLI(geneval_with_refiner, as_positional=False)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

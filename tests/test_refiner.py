@@ -270,3 +270,27 @@ def test_experiment_config_fast_dev_run(tiny, tmp_path, monkeypatch):
     assert cli.trainer.global_step == 1
     assert cli.model.hparams.objective == "flow" and float(cli.model.residual_scale) > 0
     assert cli.trainer.logged_metrics["val/psnr_decoder"] > 0
+
+
+def test_report_section_reads_the_bench_table_and_crops(tmp_path):
+    import json
+
+    from PIL import Image
+
+    from commands.report import refiner_sections
+
+    bench = tmp_path / "refiner" / "bench"
+    bench.mkdir(parents=True)
+    row = {"psnr": 28.0, "ssim": 0.9, "hf_psnr": 20.0, "spectral_dist": 0.1, "fid_shapes": 0.01, "agreement": 0.8,
+           "agreement_color_position": 0.95, "agreement_gt": 1.0, "images": 4}
+    (bench / "table.json").write_text(json.dumps({"ckpt": "f.ckpt", "regression_ckpt": "r.ckpt", "sampler": "euler",
+                                                  "tables": {"64 px": {"decoder": row, "flow 1 step": row}}}))
+    Image.new("RGB", (8, 8)).save(bench / "crops.png")
+    files = tmp_path / "files"
+    files.mkdir()
+    assert refiner_sections(tmp_path / "files", files) == []  # nothing there: no section
+    [(heading, blocks)] = refiner_sections(tmp_path, files)
+    assert heading == "Diffusion refiner" and (files / "refiner_crops.png").is_file()
+    tables = [b for b in blocks if b[0] == "table"]
+    assert tables[0][1] == "64 px" and [r[0] for r in tables[0][3]] == ["decoder", "flow 1 step"]
+    assert tables[0][3][0][1:] == [28.0, 0.9, 20.0, 0.1, 0.01, 0.8, 0.95]
