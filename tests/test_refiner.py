@@ -191,8 +191,11 @@ def test_image_quality_metrics_against_reference_values():
 def _save_refiner(path, tok_ckpt, fingerprint=None):
     """An (untrained, non-zero) refiner checkpoint as Lightning lays it out; `fingerprint` overrides
     the tokenizer file it records (a refiner of another tokenizer)."""
+    import dataclasses
+
     m = _module(tok_ckpt)
-    torch.save({"state_dict": m.state_dict(), "hyper_parameters": dict(m.hparams),
+    hp = {**m.hparams, "net": dataclasses.asdict(m.net.config)}  # as the CLI writes it: a mapping
+    torch.save({"state_dict": m.state_dict(), "hyper_parameters": hp,
                 "refiner": {"objective": "flow", "tokenizer_ckpt": str(tok_ckpt),
                             "tokenizer_fingerprint": fingerprint or m.tokenizer_fingerprint}}, path)
     return path

@@ -13,6 +13,7 @@ hands the datamodule a `CodeEncoder` (images -> codes) built on that tokenizer.
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from pathlib import Path
 from typing import Any, Literal
@@ -67,6 +68,8 @@ class RefinerModule(pl.LightningModule):
             raise ConfigError(f"cond_dropout must be in [0, 1), got {cond_dropout}")
         self._aux: dict[str, Any] = {"tokenizer": None}
         self.tokenizer_fingerprint: str | None = None
+        if isinstance(net, dict):  # hyper-parameters written by the CLI hold the config as a mapping
+            net = RefinerConfig(**{**net, "ch_mult": tuple(net.get("ch_mult", RefinerConfig.ch_mult))})
         config = net or RefinerConfig()
         if tokenizer_ckpt:
             from modules.tokenizer import checkpoint_fingerprint, load_tokenizer
@@ -78,7 +81,7 @@ class RefinerModule(pl.LightningModule):
             self.attach_tokenizer(tok.tokenizer, checkpoint_fingerprint(tokenizer_ckpt))
             tc = tok.tokenizer.config
             if config.cond_feature_dim != tc.sem_dim + tc.pix_dim:
-                config = RefinerConfig(**{**config.__dict__, "cond_feature_dim": tc.sem_dim + tc.pix_dim})
+                config = dataclasses.replace(config, cond_feature_dim=tc.sem_dim + tc.pix_dim)
         self.net = RefinerNet(config)
         self.register_buffer("residual_scale", torch.zeros(()))
         self.psnr = PeakSignalNoiseRatio(data_range=1.0)
