@@ -238,6 +238,9 @@ def load_refiner(path: str, tokenizer=None, tokenizer_fingerprint: str | None = 
     kwargs = {k: v for k, v in hp.items() if k in names}
     if tokenizer is not None:
         kwargs["tokenizer_ckpt"] = None
+        net = kwargs.get("net") or RefinerConfig()
+        net = dataclasses.asdict(net) if isinstance(net, RefinerConfig) else dict(net)
+        kwargs["net"] = {**net, "cond_feature_dim": tokenizer.config.sem_dim + tokenizer.config.pix_dim}
     elif kwargs.get("tokenizer_ckpt") and not Path(kwargs["tokenizer_ckpt"]).is_file():
         raise ConfigError(f"refiner checkpoint {path} reads codes of tokenizer {kwargs['tokenizer_ckpt']}, which is "
                           "not there; pass the tokenizer (generate --tokenizer_ckpt) or restore that file")
