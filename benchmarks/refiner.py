@@ -132,21 +132,24 @@ def bench_refiner(ckpt: str, regression_ckpt: str | None = None, val_dir: str | 
     regression = (load_refiner(regression_ckpt, flow.tokenizer, flow.tokenizer_fingerprint)
                   if regression_ckpt else None)
     torch.set_grad_enabled(False)
-    tables, crop_imgs = {}, None
-    tables["64 px"], crop_imgs = _evaluate(flow, regression, val_dir, steps, sampler, max_images, batch_size, seed,
-                                           crops)
+    tables = {}
+
+    def write(name: str, table: dict, crop_imgs: dict | None = None) -> None:  # each resolution as it finishes
+        tables[name] = table
+        print(format_table({name: table}), flush=True)
+        if out:
+            d = Path(out)
+            d.mkdir(parents=True, exist_ok=True)
+            (d / "table.json").write_text(json.dumps({"ckpt": ckpt, "regression_ckpt": regression_ckpt,
+                                                      "sampler": sampler, "tables": tables}, indent=1))
+            if crop_imgs is not None and crops:
+                save_crops(crop_imgs, d / "crops.png")
+            print(f"wrote {d / 'table.json'}", flush=True)
+
+    write("64 px", *_evaluate(flow, regression, val_dir, steps, sampler, max_images, batch_size, seed, crops))
     if val128_dir:
-        tables["128 px"], _ = _evaluate(flow, regression, val128_dir, steps, sampler, max_images_128,
-                                        max(1, batch_size // 4), seed)
-    print(format_table(tables))
-    if out:
-        d = Path(out)
-        d.mkdir(parents=True, exist_ok=True)
-        (d / "table.json").write_text(json.dumps({"ckpt": ckpt, "regression_ckpt": regression_ckpt,
-                                                  "sampler": sampler, "tables": tables}, indent=1))
-        if crop_imgs is not None and crops:
-            save_crops(crop_imgs, d / "crops.png")
-        print(f"wrote {d / 'table.json'} and {d / 'crops.png'}")
+        write("128 px", _evaluate(flow, regression, val128_dir, steps, sampler, max_images_128,
+                                  max(1, batch_size // 4), seed)[0])
     return tables
 
 
