@@ -43,13 +43,17 @@ class BenchmarkCallback(pl.Callback):
         tokenizer_ckpt: tokenizer checkpoint used to decode (default: the module's own).
         allow_untrained_scales: in `validate`, score even at a number of scales the checkpoint never
             trained on (refused by default); metrics.json then records "untrained_scales": true.
+        refiner: a RefinerModule checkpoint (issue 14): generated images are refined before they
+            are scored; one that was trained on another tokenizer file is refused (one line).
+        refiner_steps: flow steps of the refiner.
     """
 
     def __init__(self, every_n_steps: int = 0, fit_suite: dict[str, Any] | None = None,
                  validate_suite: dict[str, Any] | None = None, sampling: dict[str, Any] | None = None,
                  out_dir: str | None = None, tokenizer_ckpt: str | None = None, batch_size: int = 8,
-                 allow_untrained_scales: bool = False):
+                 allow_untrained_scales: bool = False, refiner: str | None = None, refiner_steps: int = 4):
         super().__init__()
+        self.refiner, self.refiner_steps, self._refiner = refiner, refiner_steps, None
         self.allow_untrained_scales = allow_untrained_scales
         self.every_n_steps = every_n_steps
         self.fit_suite = SuiteConfig(**{"geneval_limit": 24, "images_per_prompt": 1, "dpg_prompts": 4,
@@ -111,10 +115,16 @@ class BenchmarkCallback(pl.Callback):
         from modules.ar.generator import ARGenerator
         from modules.ar.sampler import SamplingConfig
 
-        return ARGenerator(pl_module.model, self._load_tokenizer(pl_module),
-                           getattr(pl_module, "text_tokenizer", None),
+        tok = self._load_tokenizer(pl_module)
+        if self.refiner and self._refiner is None:
+            from modules.refiner import load_refiner
+            from modules.tokenizer import checkpoint_fingerprint
+
+            self._refiner = load_refiner(self.refiner, tok.tokenizer, checkpoint_fingerprint(self._tokenizer_path(pl_module)),
+                                         map_location=str(pl_module.device))
+        return ARGenerator(pl_module.model, tok, getattr(pl_module, "text_tokenizer", None),
                            sampling=SamplingConfig.from_dict(self.sampling),
-                           batch_size=self.batch_size)
+                           batch_size=self.batch_size, refiner=self._refiner, refiner_steps=self.refiner_steps)
 
     def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, cfg: SuiteConfig, tag: str) -> dict:
         scales = self.scale_check(pl_module, cfg, refuse=trainer.state.fn == "validate")

@@ -9,7 +9,9 @@
                                              simulated 8-rank step with the calibrated cost model
                                              (benchmarks/packing.py); --calibrate first times
                                              training steps and writes the cost model (--costs)
-    python main.py bench                     all of the above
+    python main.py bench --what refiner --ckpt R [--regression_ckpt C] --val_dir D [--val128_dir D128] [--out O]
+                                             the refiner's metric table (issue 14; benchmarks/refiner.py)
+    python main.py bench                     all of the above but refiner
 
 Issue 4 targets: fused_ce <= 0.15x naive peak memory at <= 1.3x naive time (4096 tokens,
 d = 1024, vocabulary 152,064 + 16,384); train_step >= 0.85x the plain decoder's tokens/s.
@@ -231,21 +233,34 @@ BENCHES = {"fused_ce": bench_fused_ce, "train_step": bench_train_step, "sampling
 
 
 def run(what: str = "all", device: str = "cpu", calibrate: bool = False, costs: str | None = None,
-        real_ranks: int = 0) -> dict:
-    """Print speed/memory benchmarks side by side with their baselines (fused_ce, train_step, sampling, packing).
+        real_ranks: int = 0, ckpt: str | None = None, regression_ckpt: str | None = None,
+        val_dir: str | None = None, val128_dir: str | None = None, out: str | None = None,
+        max_images: int = 256) -> dict:
+    """Print speed/memory benchmarks side by side with their baselines (fused_ce, train_step, sampling,
+    packing), or the refiner's metric table (refiner).
 
     Args:
-        what: "all" or one of fused_ce, train_step, sampling, packing.
+        what: "all" or one of fused_ce, train_step, sampling, packing, refiner.
         device: "cpu" or "cuda" (fused_ce, train_step, packing's calibration).
         calibrate: packing: time training steps and fit the cost model first (writes `costs`).
         costs: packing: the cost model JSON (default configs/data/packing_costs_cpu.json).
         real_ranks: packing: also a real run of this many gloo processes (CPU) measuring the ranks'
             compute imbalance under fixed-length vs compute-budget packing (0 = skip).
+        ckpt: refiner: the flow RefinerModule checkpoint.
+        regression_ckpt: refiner: the regression control's checkpoint (optional row).
+        val_dir: refiner: held-out raw shards (64 px scenes).
+        val128_dir: refiner: held-out raw shards at 128 px (optional agreement at 128 px).
+        out: refiner: folder for table.json and crops.png.
+        max_images: refiner: images scored at 64 px.
     """
     from commands import UsageError
 
+    if what == "refiner":
+        from benchmarks.refiner import bench_refiner
+
+        return {"refiner": bench_refiner(ckpt, regression_ckpt, val_dir, val128_dir, out=out, max_images=max_images)}
     if what != "all" and what not in BENCHES:
-        raise UsageError(f"unknown benchmark {what!r}; choose one of {['all', *BENCHES]}")
+        raise UsageError(f"unknown benchmark {what!r}; choose one of {['all', *BENCHES, 'refiner']}")
     if (calibrate or costs or real_ranks) and what != "packing":
         raise UsageError(f"--calibrate, --costs and --real_ranks belong to `bench packing`, not {what!r}")
     names = list(BENCHES) if what == "all" else [what]

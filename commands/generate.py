@@ -176,6 +176,8 @@ def run(
     device: str = "cpu",
     allow_untrained_scales: bool = False,
     story_images: int = 2,
+    refiner: str | None = None,
+    refiner_steps: int = 4,
 ) -> dict:
     """Generate images (GenEval layout), edits or text answers from an AR checkpoint.
 
@@ -211,6 +213,9 @@ def run(
         story_images: interleaved: most frames the model draws per story.
         allow_untrained_scales: generate even at a number of scales (resolution) the checkpoint
             never trained on (by default that is refused: those scales' embeddings are untrained).
+        refiner: RefinerModule checkpoint (issue 14): t2i/edit images are refined from their codes
+            before they are written; one trained on another tokenizer file is refused.
+        refiner_steps: the refiner's flow steps.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -236,6 +241,12 @@ def run(
                                     text_tokenizer_path or meta.get("text_tokenizer_path"),
                                     model.config.text_vocab_size)
     patch, out_dir = tokenizer.patch, Path(out)
+    refiner_module = None
+    if refiner:
+        from modules.refiner import load_refiner
+        from modules.tokenizer import checkpoint_fingerprint
+
+        refiner_module = load_refiner(refiner, tokenizer.tokenizer, checkpoint_fingerprint(tok_path), device)
 
     def schedule_of(item: dict, no: int) -> ScaleSchedule:
         try:
@@ -302,7 +313,10 @@ def run(
                             ins = text_tok.encode(item["instruction"])
                             codes += edit_images(model, [src] * n, [ins] * n, sch, cfg_ij)
                     maps = [torch.stack([c[k] for c in codes]) for k in range(sch.num_scales)]
-                    images = to_uint8(tokenizer.decode(maps, sch))
+                    if refiner_module is not None:
+                        images = to_uint8(refiner_module.refine_codes(maps, sch, steps=refiner_steps, seed=cfg.seed + i)[0])
+                    else:
+                        images = to_uint8(tokenizer.decode(maps, sch))
                     _write_prompt_folder(folder, item, images)
                     if task == "edit":
                         _append_jsonl(out_dir / "edits.jsonl", {"index": i, **item, "samples": [

@@ -56,6 +56,7 @@ class Sizes:
     # video samples of each kind written for it
     unified_steps: int = 0
     unified_samples: int = 600
+    refiner: dict | None = None  # issue 14: {"steps", "minutes", "images"} per refiner fit / bench; None = defaults
 
     @classmethod
     def named(cls, name: str) -> "Sizes":
@@ -81,6 +82,7 @@ class Sizes:
                        geneval_prompts=24, tokenizer_steps=(3, 2, 2), tokenizer_scale_drop=0.5, ar_steps=6,
                        ar_minutes=5, ar_switch_step=4,
                        ar_batches_per_epoch=2, unified_steps=2, unified_samples=6,
+                       refiner={"steps": 2, "minutes": 2, "images": 8},
                        suite={"geneval_limit": 6, "images_per_prompt": 1, "dpg_prompts": 2,
                               "editcanvas_per_task": 1, "understanding_scenes": 1},
                        rl_steps=2, rl_minutes=5.0, rl_prompts_per_step=2, rl_group_size=2)
@@ -535,6 +537,36 @@ def stage_baselines(sizes: Sizes, data: dict) -> Callable[[Path], dict[str, Any]
     return body
 
 
+def stage_refiner(sizes: Sizes, world: dict, tokenizer_ckpt: str) -> Callable[[Path], dict[str, Any]]:
+    """The diffusion refiner (issue 14) on the finished tokenizer: the flow refiner and its regression
+    control (same network), then their metric table and crops on the held-out scenes
+    (benchmarks/refiner.py) into <stage>/bench/{table.json,crops.png}."""
+    size = {"steps": 400, "minutes": 3, "images": 256, **(sizes.refiner or {})}
+
+    def body(stage_dir: Path) -> dict[str, Any]:
+        from benchmarks.refiner import bench_refiner
+
+        ckpts = {}
+        for objective in ("flow", "regression"):
+            run_dir = stage_dir / objective
+            run_dir.mkdir(parents=True, exist_ok=True)
+            overlay = {"model": {"init_args": {"tokenizer_ckpt": tokenizer_ckpt, "objective": objective}},
+                       "data": {"init_args": {"train_dir": world["train"], "val_dir": world["val"]}},
+                       "trainer": {"max_steps": size["steps"], "max_time": {"minutes": size["minutes"]},
+                                   "limit_val_batches": 1, **_trainer_outputs(run_dir, [])}}
+            run_main("fit", "--config", str(EXPERIMENTS / "refiner_shapes.yaml"),
+                     "--config", write_overlay(run_dir / "overlay.yaml", overlay))
+            ckpts[objective] = str(run_dir / "last.ckpt")
+        tables = bench_refiner(ckpts["flow"], ckpts["regression"], world["val"], world["val128"],
+                               max_images=size["images"], max_images_128=max(1, size["images"] // 2),
+                               out=str(stage_dir / "bench"))
+        return {"checkpoint": ckpts["flow"], "regression_checkpoint": ckpts["regression"],
+                "table": str(stage_dir / "bench" / "table.json"), "crops": str(stage_dir / "bench" / "crops.png"),
+                "tables": tables}
+
+    return body
+
+
 def stage_report(trained: dict, untrained: dict, rl: dict | None = None) -> Callable[[Path], dict[str, Any]]:
     """The report of the trained suite next to its baselines (the untrained model, and the random
     scenes and ground-truth suites under <out>/baselines/ when they exist), with the training curves
@@ -616,6 +648,7 @@ def _run_unlocked(out: str, size: str) -> dict[str, Any]:
     run_stage("unified", out_dir, stage_unified(sizes, world, data, previous), log)
     untrained = run_stage("validate_untrained", out_dir, stage_validate(sizes, data, previous, None), log)
     baselines = run_stage("baselines", out_dir, stage_baselines(sizes, data), log)
+    run_stage("refiner", out_dir, stage_refiner(sizes, world, previous), log)
     report = run_stage("report", out_dir, stage_report(trained, untrained, rl_scores), log)
     (out_dir / "quickstart.json").write_text(json.dumps(log, indent=1))
 

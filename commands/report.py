@@ -213,6 +213,32 @@ def sweep_sections(root: Path, files: Path) -> tuple[list[tuple[str, list[Block]
     return sections, summary, summary_header
 
 
+def refiner_sections(root: Path, files: Path) -> list[Section]:
+    """"Diffusion refiner" (issue 14): the metric table and side-by-side crops that
+    benchmarks/refiner.py wrote (the shallowest <root>/**/bench/table.json, with its crops.png)."""
+    import json
+    import shutil
+
+    found = sorted(root.rglob("bench/table.json"), key=lambda p: len(p.parts)) if root.is_dir() else []
+    if not found:
+        return []
+    data = json.loads(found[0].read_text())
+    blocks: list[Block] = [("text", f"Refiner {data.get('ckpt')} (regression control: {data.get('regression_ckpt')}), "
+                                    f"{data.get('sampler', 'euler')} sampler; held-out scenes, the same codes in every row.")]
+    crops = found[0].parent / "crops.png"
+    if crops.is_file():
+        dest = files / "refiner_crops.png"
+        shutil.copyfile(crops, dest)
+        blocks.append(("image", "ground truth / decoder / regression / flow", dest,
+                       "rows: methods; columns: held-out scenes (2x zoom)"))
+    cols = ["psnr", "ssim", "hf_psnr", "spectral_dist", "fid_shapes", "agreement", "agreement_color_position"]
+    for res, table in data.get("tables", {}).items():
+        rows = [[name, *[row.get(c) if row.get(c) is not None else "" for c in cols]] for name, row in table.items()]
+        blocks.append(("table", res, ["", "PSNR", "SSIM", "HF-PSNR (Laplacian)", "spectral dist.",
+                                      "FID (Shapes features)", "agreement", "agreement (colour+position)"], rows))
+    return [("Diffusion refiner", blocks)]
+
+
 # ----------------------------------------------------------------------------- rendering
 def section_id(heading: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", heading.lower()).strip("-")
@@ -352,6 +378,7 @@ def run(path: str, out: Optional[str] = None, baseline: Optional[str] = None,
         if not rows and loaded["csv"]:
             rows = [[k, float(v[-1])] for k, (_, v) in sorted(loaded["csv"].items())]
             header = ["last logged", "value"]
+    sections += refiner_sections(Path(curves) if curves else root, files)
     env = rp.environment(root)
     sections.append(("Environment", [("table", "", ["", "value"], [[k, v] for k, v in env.items()])]))
     (out_dir / "report.md").write_text(to_markdown(title, sections, out_dir))

@@ -18,8 +18,8 @@ def test_quickstart_toy_end_to_end_and_resume(tmp_path):
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     stages = [row["stage"] for row in json.loads((out / "quickstart.json").read_text())]
     assert stages == ["world", "preview", "geneval_ground_truth", "tokenizer_stage1", "tokenizer_stage2",
-                      "tokenizer_stage3", "tokenizer_val128", "pretokenize", "ar_fit", "validate", "rl", "validate_rl", "validate_untrained",
-                      "baselines", "report"]
+                      "tokenizer_stage3", "tokenizer_val128", "pretokenize", "ar_fit", "validate", "rl", "validate_rl",
+                      "unified", "validate_untrained", "baselines", "refiner", "report"]
     log = {row["stage"]: row for row in json.loads((out / "quickstart.json").read_text())}
     assert log["geneval_ground_truth"]["overall"] >= 0.97
     assert log["tokenizer_val128"]["val/agreement_orig"] >= 0.97  # 128 px held-out scenes, oracle-readable
@@ -31,6 +31,9 @@ def test_quickstart_toy_end_to_end_and_resume(tmp_path):
         assert metrics["baseline"]["name"] == name and metrics["geneval"]["split"] == "captions"
     assert log["baselines"]["ground_truth"]["geneval/overall"] >= 0.95
     assert (out / "report" / "report.html").stat().st_size > 10_000
+    assert set(log["refiner"]["tables"]["64 px"]) == {"decoder", "regression", "flow 1 step", "flow 2 steps",
+                                                      "flow 4 steps", "flow 8 steps"}
+    assert "Diffusion refiner" in (out / "report" / "report.md").read_text()
     assert (out / "ar_fit" / "last.ckpt").is_file()
     assert (out / "rl" / "last.ckpt").is_file() and "train/reward" in log["rl"]   # GRPO from the AR checkpoint
     assert "geneval/overall" in log["validate_rl"] and "dpg/score" in log["validate_rl"]

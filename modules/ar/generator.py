@@ -18,9 +18,14 @@ from modules.text.tokenizers import default_text_tokenizer
 
 
 class ARGenerator:
+    """`refiner` (optional): a RefinerModule (modules/refiner) for this tokenizer, applied to every
+    generated image's codes before it is returned (`refiner_steps` flow steps, seeded like the
+    sampling)."""
+
     def __init__(self, model, tokenizer, text_tokenizer=None, sampling: SamplingConfig | None = None,
-                 batch_size: int = 8):
+                 batch_size: int = 8, refiner=None, refiner_steps: int = 4):
         self.model, self.tokenizer = model, tokenizer
+        self.refiner, self.refiner_steps = refiner, refiner_steps
         self.text = default_text_tokenizer(model.config.text_vocab_size, text_tokenizer)
         self.sampling = sampling or SamplingConfig()
         self.batch_size = batch_size
@@ -29,8 +34,10 @@ class ARGenerator:
     def device(self):
         return next(self.model.parameters()).device
 
-    def _decode(self, codes: list[list[torch.Tensor]], schedule: ScaleSchedule) -> list[np.ndarray]:
+    def _decode(self, codes: list[list[torch.Tensor]], schedule: ScaleSchedule, seed: int = 0) -> list[np.ndarray]:
         maps = [torch.stack([c[k] for c in codes]) for k in range(schedule.num_scales)]
+        if self.refiner is not None:
+            return list(to_uint8(self.refiner.refine_codes(maps, schedule, steps=self.refiner_steps, seed=seed)[0]))
         return list(to_uint8(self.tokenizer.decode(maps, schedule)))
 
     @torch.no_grad()
@@ -40,7 +47,7 @@ class ARGenerator:
         for i in range(0, len(prompts), self.batch_size):
             cfg = dataclasses.replace(self.sampling, seed=seed * 1_000_003 + i)
             ids = [self.text.encode(p) for p in prompts[i:i + self.batch_size]]
-            out += self._decode(generate_images(self.model, ids, schedule, cfg), schedule)
+            out += self._decode(generate_images(self.model, ids, schedule, cfg), schedule, cfg.seed)
         return out
 
     def _encode(self, images: list[np.ndarray]) -> list[tuple[ScaleSchedule, list[torch.Tensor]]]:
@@ -55,7 +62,7 @@ class ARGenerator:
             cfg = dataclasses.replace(self.sampling, seed=seed * 1_000_003 + i)
             ids = [self.text.encode(t) for t in instructions[i:i + self.batch_size]]
             codes = edit_images(self.model, src, ids, None, cfg)
-            out += self._decode(codes, src[0][0])
+            out += self._decode(codes, src[0][0], cfg.seed)
         return out
 
     @torch.no_grad()

@@ -19,11 +19,12 @@ from modules.common.errors import ConfigError
 KINDS = {
     "tokenizer": "a tokenizer checkpoint (TokenizerModule)",
     "ar": "an AR checkpoint (ARModule or a sampler checkpoint)",
+    "refiner": "a refiner checkpoint (RefinerModule)",
     "lightning": "a Lightning checkpoint of another module",
     "unknown": "a dict of unknown layout",
 }
 # Lightning class names -> kind (hyper_parameters["_class_path"] written by the CLI).
-_CLASS_KINDS = {"TokenizerModule": "tokenizer", "ARModule": "ar"}
+_CLASS_KINDS = {"TokenizerModule": "tokenizer", "ARModule": "ar", "RefinerModule": "refiner"}
 
 
 def checkpoint_kind(ckpt: Any) -> str:
@@ -32,6 +33,8 @@ def checkpoint_kind(ckpt: Any) -> str:
         return "unknown"
     if "ar_config" in ckpt or "ar_vocab" in ckpt:
         return "ar"
+    if "refiner" in ckpt:  # written by RefinerModule.on_save_checkpoint
+        return "refiner"
     hp = ckpt.get("hyper_parameters") or {}
     class_path = str(hp.get("_class_path") or "")
     if class_path:
