@@ -372,8 +372,9 @@ def run(path: str, out: Optional[str] = None, baseline: Optional[str] = None,
     else:
         loaded = rp.load_run(root)
         sections = run_sections(loaded, files, baselines=base_runs, curves=Path(curves) if curves else None)
-        if rl is not None:
-            sections.insert(0, rl_section(loaded, rp.load_run(Path(rl)), files, Path(rl_curves) if rl_curves else None))
+        if rl is not None:  # after the trained model's own samples (pictures first), before the curves
+            at = next((i + 1 for i, sec in enumerate(sections) if sec[0] == "Samples"), 0)
+            sections.insert(at, rl_section(loaded, rp.load_run(Path(rl)), files, Path(rl_curves) if rl_curves else None))
         header, rows = headline_rows({"trained": loaded, **base_runs})
         if not rows and loaded["csv"]:
             rows = [[k, float(v[-1])] for k, (_, v) in sorted(loaded["csv"].items())]

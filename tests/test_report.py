@@ -270,7 +270,8 @@ def test_rl_section_compares_ar_with_ar_plus_rl(quick):
               [[s, 0.1 + 0.01 * s, 0.0, 0.001 * s, 0.002 * s, 0.5] for s in range(12)])
     report.run(str(trained), out=str(root / "out"), rl=str(rl_suite), rl_curves=str(root / "rl" / "metrics.csv"))
     md = (root / "out" / "report.md").read_text()
-    assert sections(md)[0] == "AR vs AR+RL (prefix-tuning GRPO)"
+    names = sections(md)  # pictures first: the trained model's samples, then the comparison
+    assert names.index("AR vs AR+RL (prefix-tuning GRPO)") == names.index("Samples") + 1
     assert "| metric | AR | AR+RL | difference |" in md
     assert "| geneval/overall | 0.5 | 0.75 | 0.25 |" in md and "| geneval/counting | 0.25 | 0.5 | 0.25 |" in md
     assert "| geneval/unseen/overall | 0.2 | 0.5 | 0.3 |" in md and "| dpg/score | 70 | 72.5 | 2.5 |" in md
