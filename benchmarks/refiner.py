@@ -192,10 +192,9 @@ def geneval_with_refiner(ar_ckpt: str, refiner: str, out: str = "runs/refiner_ge
     Path(out).mkdir(parents=True, exist_ok=True)
     (Path(out) / "summary.json").write_text(json.dumps({"ar_ckpt": ar_ckpt, "refiner": refiner, "scores": scores},
                                                        indent=1))
-    keys = [k for k in next(iter(scores.values())) if k.count("/") == 1]
-    print(f"{'':<22}" + "".join(f"{k.removeprefix('geneval/'):>16}" for k in keys))
-    for name, s in scores.items():
-        print(f"{name:<22}" + "".join(f"{s.get(k, float('nan')):>16.3f}" for k in keys))
+    from benchmarks.sampling_geneval import print_geneval_table
+
+    print_geneval_table(scores, f"GenEval of AR samples decoded vs refined: {ar_ckpt}", first_column="images")
     return scores
 
 

@@ -83,9 +83,6 @@ def run(ckpt: str, sampling: list[str], vary: dict[str, list] | None = None, out
         batch_size: prompts per sampling call.
         device: cpu or cuda.
     """
-    from rich.console import Console
-    from rich.table import Table
-
     from evaluation.suite import SuiteConfig, headline, run_suite
     from modules.ar.generator import ARGenerator, load_ar_and_tokenizer
     from modules.text.tokenizers import build_text_tokenizer
@@ -117,16 +114,29 @@ def run(ckpt: str, sampling: list[str], vary: dict[str, list] | None = None, out
     summary = {"ckpt": str(ckpt), "suite": dataclasses.asdict(suite), "scores": scores,
                "sampling": {name: dataclasses.asdict(cfg) for name, cfg in points}}
     (root / "summary.json").write_text(json.dumps(summary, indent=1))
-    cols = sorted({k for s in scores.values() for k in s}, key=lambda k: (k != "geneval/overall", k))
-    table = Table(title=f"GenEval per sampling config: {ckpt}, {width}x{height} px, "
-                        f"{images_per_prompt} images per prompt")
-    table.add_column("sampling")
+    print_geneval_table(scores, f"GenEval per sampling config: {ckpt}, {width}x{height} px, "
+                                f"{images_per_prompt} images per prompt (all columns: {root / 'summary.json'})",
+                        first_column="sampling")
+    return summary
+
+
+def print_geneval_table(scores: dict[str, dict[str, float]], title: str, first_column: str = "") -> None:
+    """One row per point: overall, the six tasks and seen / unseen / held-out overall (the full
+    per-split task breakdown stays in the summary JSON: it does not fit a terminal)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    keys = {k for s in scores.values() for k in s if k.startswith("geneval/")}
+    cols = sorted((k for k in keys if k.count("/") == 1 and not k.endswith("_accuracy")),
+                  key=lambda k: (k != "geneval/overall", k))
+    cols += [k for k in ("geneval/seen/overall", "geneval/unseen/overall", "geneval/held_out/overall") if k in keys]
+    table = Table(title=title)
+    table.add_column(first_column)
     for col in cols:
-        table.add_column(col.removeprefix("geneval/"), justify="right")
+        table.add_column(col.removeprefix("geneval/").removesuffix("/overall"), justify="right")
     for name, s in scores.items():
         table.add_row(name, *(f"{s[c]:.3f}" if c in s else "-" for c in cols))
-    Console(width=160).print(table)
-    return summary
+    Console(width=200).print(table)
 
 
 if __name__ == "__main__":
