@@ -174,7 +174,7 @@ class FakeTrainer:
         self.strategy, self.state = FakeStrategy(), SimpleNamespace(fn="fit")
 
 
-def test_benchmark_runs_on_rank_zero_and_every_rank_meets_at_the_barrier(monkeypatch):
+def test_benchmark_runs_on_every_rank_and_every_rank_meets_at_the_barrier(monkeypatch):
     from callbacks.evaluation import BenchmarkCallback
 
     for rank in (0, 1):
@@ -182,7 +182,7 @@ def test_benchmark_runs_on_rank_zero_and_every_rank_meets_at_the_barrier(monkeyp
         monkeypatch.setattr(cb, "run", lambda trainer, module, cfg, tag: ran.append(tag))
         trainer = FakeTrainer(rank)
         cb.on_train_batch_end(trainer, None, None, None, 0)
-        assert ran == (["step_0000004"] if rank == 0 else [])
+        assert ran == ["step_0000004"]  # every rank generates its share (run_suite_sharded)
         assert trainer.strategy.barriers == ["benchmark_step_0000004"]
 
 
