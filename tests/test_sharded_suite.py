@@ -17,20 +17,31 @@ CFG = SuiteConfig(geneval_limit=3, images_per_prompt=2, dpg_prompts=1, editcanva
                   understanding_scenes=2, width=32, height=32)
 
 
-@pytest.fixture(scope="module")
-def generator(tmp_path_factory):
+def tiny_generator(tok_path):
     from modules.ar.generator import ARGenerator
     from modules.ar.module import ARModule
     from modules.ar.sampler import SamplingConfig
     from modules.tokenizer import load_tokenizer
-    from tests.test_benchmark_callback import TINY_AR, save_tokenizer
+    from tests.test_benchmark_callback import TINY_AR
 
-    tok_path = tmp_path_factory.mktemp("tok") / "tok.ckpt"
-    save_tokenizer(tok_path)
     torch.manual_seed(0)
     module = ARModule(overrides=TINY_AR, tokenizer_ckpt=str(tok_path), text_tokenizer="shapes-words").eval()
     return ARGenerator(module.model, load_tokenizer(str(tok_path)), module.text_tokenizer,
                        sampling=SamplingConfig.from_dict({"top_k": 4, "seed": 0}), batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def tok_path(tmp_path_factory):
+    from tests.test_benchmark_callback import save_tokenizer
+
+    path = tmp_path_factory.mktemp("tok") / "tok.ckpt"
+    save_tokenizer(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def generator(tok_path):
+    return tiny_generator(tok_path)
 
 
 def _without_seconds(metrics):
@@ -92,3 +103,32 @@ def test_a_failing_rank_raises_on_rank_zero_too(generator, tmp_path):
     with pytest.raises(RuntimeError, match="benchmark generation failed on rank 1: RuntimeError: out of memory"):
         run_suite_sharded(generator, tmp_path, CFG, rank=0, world=2, all_gather=lambda share: [share, bad])
     assert not (tmp_path / "metrics.json").exists()
+
+
+def _rank(rank: int, world: int, tok_path: str, out: str, store: str) -> None:
+    import torch.distributed as dist
+
+    from callbacks.evaluation import _all_gather
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        gen = tiny_generator(tok_path)
+        metrics = run_suite_sharded(gen, out, CFG, rank=rank, world=world, all_gather=_all_gather)
+        assert (metrics is None) == (rank != 0)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_equal_one(generator, tok_path, tmp_path):
+    """Real processes: torch.multiprocessing spawn, gloo on CPU, the callback's all_gather_object."""
+    import torch.multiprocessing as mp
+
+    single = run_suite(generator, tmp_path / "one", CFG)
+    mp.spawn(_rank, args=(2, str(tok_path), str(tmp_path / "two"), str(tmp_path / "store")), nprocs=2, join=True)
+    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert _without_seconds(two) == _without_seconds(json.loads(json.dumps(single, default=float)))
+    one, many = _pngs(tmp_path / "one"), _pngs(tmp_path / "two")
+    assert one.keys() == many.keys() and all(np.array_equal(one[k], many[k]) for k in one)
