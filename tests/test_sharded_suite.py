@@ -14,7 +14,7 @@ from evaluation.suite import SuiteConfig, run_suite, run_suite_sharded, split_re
 # editcanvas makes 6 (editing) + 2 (subject) items: with batch_size 4 one edit call is cut in two
 # pieces, so a rank makes the second half of a call without the first
 CFG = SuiteConfig(geneval_limit=3, images_per_prompt=2, dpg_prompts=1, editcanvas_per_task=1,
-                  understanding_scenes=2, width=32, height=32)
+                  understanding_scenes=2, interleaved_videos=2, width=32, height=32)
 
 
 def tiny_generator(tok_path):
@@ -67,6 +67,7 @@ def test_gathered_suite_equals_one_process(generator, tmp_path, world):
     from evaluation.suite import generate_share
 
     single = run_suite(generator, tmp_path / "one", CFG)
+    assert {"geneval", "dpg", "editcanvas", "understanding"} <= set(single) and "skipped" not in single["interleaved"]
     requests = suite_requests(generator, CFG)
     others = [generate_share(generator, requests, r, world) for r in range(1, world)]
     assert all(share["pieces"] for share in others)  # every rank makes some pieces
