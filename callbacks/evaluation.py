@@ -6,13 +6,17 @@ the same every time, so scores are comparable across steps) and logs the headlin
 once and writes every benchmark's official layout plus `metrics.json` into the run folder.
 Scores go to every logger (CSV always; TensorBoard also gets image grids).
 
-Several processes (DDP): every rank enters the hook, rank zero generates and scores the suite with
-the unwrapped model (no collective inside), and all ranks meet at a barrier after it, so the others
-wait there instead of inside the next gradient all-reduce (where a long suite could outlast the
-collective's timeout). The scale check runs on every rank, so a refusal stops them all alike.
-Under FSDP a forward on one rank alone would wait forever for the other ranks' parameter shards:
-the callback refuses FSDP whenever it would generate (every_n_steps > 0 in fit, or validate);
-score an FSDP checkpoint with `main.py validate` on one process instead.
+Several processes (DDP): every rank enters the hook and generates its share of the suite's calls
+with the unwrapped model (evaluation.suite.run_suite_sharded: the calls cut into batch-size pieces,
+piece j on rank j % world, each seeded by its place in the whole call, so an image does not depend
+on the rank that made it); the pieces are gathered with torch.distributed.all_gather_object, rank
+zero writes and scores the suite exactly as one process would, and all ranks meet at a barrier
+after it. A rank whose generation fails sends its error through the gather, so every rank raises
+instead of one waiting forever. The scale check runs on every rank, so a refusal stops them all.
+FSDP stays refused whenever the callback would generate (every_n_steps > 0 in fit, or validate):
+ranks run different numbers of forwards (unequal shares, answers that stop at different lengths),
+and an FSDP forward needs every rank in it; score an FSDP checkpoint with `main.py validate` on
+one process or under DDP instead.
 
 Guards (before any image is generated): the tokenizer's code embeddings must be the AR model's
 (`ARDecoder.code_emb`), and in `validate` the suite's resolution must be one whose number of
@@ -30,7 +34,16 @@ import lightning.pytorch as pl
 import numpy as np
 from lightning.pytorch.utilities import rank_zero_info
 
-from evaluation.suite import SuiteConfig, headline, run_suite
+from evaluation.suite import SuiteConfig, headline, run_suite_sharded
+
+
+def _all_gather(obj: Any) -> list[Any]:
+    """[obj of rank 0, rank 1, ...] over the default process group (only called when world > 1)."""
+    import torch.distributed as dist
+
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
 
 
 class BenchmarkCallback(pl.Callback):
@@ -126,15 +139,20 @@ class BenchmarkCallback(pl.Callback):
                            sampling=SamplingConfig.from_dict(self.sampling),
                            batch_size=self.batch_size, refiner=self._refiner, refiner_steps=self.refiner_steps)
 
-    def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, cfg: SuiteConfig, tag: str) -> dict:
+    def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, cfg: SuiteConfig, tag: str) -> dict | None:
+        """Every rank calls this (the generation is sharded); rank zero scores, logs and returns
+        the metrics, the others return None."""
         scales = self.scale_check(pl_module, cfg, refuse=trainer.state.fn == "validate")
         was_training = pl_module.training
         pl_module.eval()
         try:
-            metrics = run_suite(self._generator(pl_module), self._root(trainer) / tag, cfg,
-                                extra={"step": trainer.global_step, "epoch": trainer.current_epoch, **scales})
+            metrics = run_suite_sharded(self._generator(pl_module), self._root(trainer) / tag, cfg,
+                                        rank=trainer.global_rank, world=trainer.world_size, all_gather=_all_gather,
+                                        extra={"step": trainer.global_step, "epoch": trainer.current_epoch, **scales})
         finally:
             pl_module.train(was_training)
+        if metrics is None:
+            return None
         scores = headline(metrics)
         for logger in trainer.loggers:
             logger.log_metrics({f"bench/{k}": v for k, v in scores.items()}, step=trainer.global_step)
@@ -161,11 +179,10 @@ class BenchmarkCallback(pl.Callback):
             if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_image("geneval/samples", grid, trainer.global_step, dataformats="HWC")
 
-    def _run_on_rank_zero(self, trainer, pl_module, cfg: SuiteConfig, tag: str) -> None:
-        """Every rank calls this: rank zero runs the suite, then all meet at a barrier."""
+    def _run_on_every_rank(self, trainer, pl_module, cfg: SuiteConfig, tag: str) -> None:
+        """Every rank calls this: all generate their shares, rank zero scores, all meet at a barrier."""
         try:
-            if trainer.is_global_zero:
-                self.run(trainer, pl_module, cfg, tag)
+            self.run(trainer, pl_module, cfg, tag)
         finally:
             if trainer.world_size > 1:
                 trainer.strategy.barrier(f"benchmark_{tag}")
@@ -176,8 +193,8 @@ class BenchmarkCallback(pl.Callback):
 
         generates = self.every_n_steps > 0 if stage == "fit" else stage == "validate"
         if generates and isinstance(trainer.strategy, FSDPStrategy):
-            raise ValueError("BenchmarkCallback generates on rank zero alone, which deadlocks under FSDP (sharded "
-                             "parameters need every rank in each forward): set its every_n_steps: 0 for FSDP fits "
+            raise ValueError("BenchmarkCallback's ranks run different numbers of forwards, which deadlocks under FSDP "
+                             "(sharded parameters need every rank in each forward): set its every_n_steps: 0 for FSDP fits "
                              "and run `main.py validate` on the checkpoint with the default single-process trainer")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
@@ -185,7 +202,7 @@ class BenchmarkCallback(pl.Callback):
         if self.every_n_steps and step > 0 and step % self.every_n_steps == 0:
             if getattr(self, "_last_step", None) != step:  # once per optimizer step under accumulation
                 self._last_step = step
-                self._run_on_rank_zero(trainer, pl_module, self.fit_suite, f"step_{step:07d}")
+                self._run_on_every_rank(trainer, pl_module, self.fit_suite, f"step_{step:07d}")
 
     def on_validation_start(self, trainer, pl_module):
         if trainer.state.fn == "validate":  # refuse before the validation loop, on every rank alike
@@ -193,4 +210,4 @@ class BenchmarkCallback(pl.Callback):
 
     def on_validation_epoch_end(self, trainer, pl_module):
         if trainer.state.fn == "validate" and not trainer.sanity_checking:
-            self._run_on_rank_zero(trainer, pl_module, self.validate_suite, "validate")
+            self._run_on_every_rank(trainer, pl_module, self.validate_suite, "validate")

@@ -85,32 +85,67 @@ def geneval_split(records: list[dict], cfg: SuiteConfig) -> dict[str, Any]:
     return {"seen": parts["seen"], "unseen": parts["unseen"], "held_out": parts["held_out"], "split": parts["source"]}
 
 
-def run_geneval(gen: Generator, out: Path, cfg: SuiteConfig) -> dict:
-    from shapes.prompts import DEFAULT_PROMPTS_PATH
-    from evaluation.geneval import load_metadata, score_geneval, spread_subset, write_geneval_layout
+@dataclass(frozen=True)
+class Request:
+    """One call the suite makes to its generator: `method(*args, seed=seed)` (no seed for answer)."""
 
-    metas = spread_subset(load_metadata(cfg.geneval_prompts or DEFAULT_PROMPTS_PATH), cfg.geneval_limit)
-    images = []
-    for i, meta in enumerate(metas):
-        images.append(gen.text_to_image([meta["prompt"]] * cfg.images_per_prompt, cfg.height, cfg.width,
-                                        seed=cfg.seed + i))
+    method: str
+    args: tuple
+    seed: int | None = None
+
+    def __call__(self, gen: Generator, **kw) -> list:
+        seeded = {} if self.seed is None else {"seed": self.seed}
+        return getattr(gen, self.method)(*self.args, **seeded, **kw)
+
+
+UNDERSTANDING_BATCH = 16  # questions per answer call (score_understanding's chunks)
+
+
+def geneval_metas(cfg: SuiteConfig) -> list[dict]:
+    from shapes.prompts import DEFAULT_PROMPTS_PATH
+    from evaluation.geneval import load_metadata, spread_subset
+
+    return spread_subset(load_metadata(cfg.geneval_prompts or DEFAULT_PROMPTS_PATH), cfg.geneval_limit)
+
+
+def geneval_requests(cfg: SuiteConfig, metas: list[dict]) -> list[Request]:
+    return [Request("text_to_image", ([m["prompt"]] * cfg.images_per_prompt, cfg.height, cfg.width), cfg.seed + i)
+            for i, m in enumerate(metas)]
+
+
+def run_geneval(gen: Generator, out: Path, cfg: SuiteConfig) -> dict:
+    from evaluation.geneval import score_geneval, write_geneval_layout
+
+    metas = geneval_metas(cfg)
+    images = [req(gen) for req in geneval_requests(cfg, metas)]
     write_geneval_layout(out, metas, images)
     results = score_geneval(out, verbose=False)
     return {**results.summary(), **geneval_split(results.records, cfg)}
 
 
+def dpg_suite_items(cfg: SuiteConfig) -> list[dict]:
+    from shapes.dpg import dpg_items
+
+    return dpg_items(cfg.dpg_prompts, seed=cfg.seed, width=cfg.width, height=cfg.height, **scene_kwargs(cfg))
+
+
+def dpg_requests(cfg: SuiteConfig, items: list[dict]) -> list[Request]:
+    return [Request("text_to_image", ([it["prompt"]] * 4, cfg.height, cfg.width), cfg.seed + 7919 + i)
+            for i, it in enumerate(items)]
+
+
 def run_dpg(gen: Generator, out: Path, cfg: SuiteConfig) -> dict:
-    from shapes.dpg import dpg_items, write_dpg_csv
+    from shapes.dpg import write_dpg_csv
     from evaluation.dpg import DPGScorer, prompts_from_items, write_results
     from evaluation.grids import image_grid
     from evaluation.shapes_vqa import ShapesOracleVQA
 
-    items = dpg_items(cfg.dpg_prompts, seed=cfg.seed, width=cfg.width, height=cfg.height, **scene_kwargs(cfg))
+    items = dpg_suite_items(cfg)
     out.mkdir(parents=True, exist_ok=True)
     write_dpg_csv(items, out / "dpg_questions.csv")
     images = {}
-    for i, item in enumerate(items):
-        four = gen.text_to_image([item["prompt"]] * 4, cfg.height, cfg.width, seed=cfg.seed + 7919 + i)
+    for item, req in zip(items, dpg_requests(cfg, items)):
+        four = req(gen)
         images[item["item_id"]] = four
         image_grid(four, ncols=2, pad=0).save(out / f"{item['item_id']}.png")  # official: a 2x2 grid
     results = DPGScorer(ShapesOracleVQA()).score(images, prompts_from_items(items))
@@ -118,23 +153,32 @@ def run_dpg(gen: Generator, out: Path, cfg: SuiteConfig) -> dict:
     return {k: v for k, v in results.items() if k != "prompts"}
 
 
-def run_editcanvas(gen: Generator, out: Path, cfg: SuiteConfig) -> dict:
-    from evaluation.editcanvas import EditCanvasScorer, sample_images, shapes_editcanvas_set, summary, \
-        write_results, write_sample_folder
+def editcanvas_parts(cfg: SuiteConfig) -> tuple[list[dict], list[tuple[list[dict], Request]]]:
+    """(every sample, [(samples, the edit call that makes them)]): instruction edits, then
+    subject-driven ones (the reference image is the "source", the prompt the instruction)."""
+    from evaluation.editcanvas import sample_images, shapes_editcanvas_set
 
     samples = shapes_editcanvas_set(seed=cfg.seed, per_task=cfg.editcanvas_per_task, width=cfg.width,
                                     height=cfg.height)
-    results: dict[str, np.ndarray] = {}
     editing = [s for s in samples if s["kind"] == "editing"]
     subject = [s for s in samples if s["kind"] != "editing"]
+    calls = []
     if editing:
-        edited = gen.edit([sample_images(s)["source"] for s in editing], [s["instruction"] for s in editing],
-                          seed=cfg.seed)
-        results.update({s["id"]: im for s, im in zip(editing, edited)})
-    if subject:  # subject-driven: the reference image is the "source", the prompt the instruction
-        made = gen.edit([sample_images(s)["source"] for s in subject], [s["prompt"] for s in subject],
-                        seed=cfg.seed + 1)
-        results.update({s["id"]: im for s, im in zip(subject, made)})
+        calls.append((editing, Request("edit", ([sample_images(s)["source"] for s in editing],
+                                                [s["instruction"] for s in editing]), cfg.seed)))
+    if subject:
+        calls.append((subject, Request("edit", ([sample_images(s)["source"] for s in subject],
+                                                [s["prompt"] for s in subject]), cfg.seed + 1)))
+    return samples, calls
+
+
+def run_editcanvas(gen: Generator, out: Path, cfg: SuiteConfig) -> dict:
+    from evaluation.editcanvas import EditCanvasScorer, summary, write_results, write_sample_folder
+
+    samples, calls = editcanvas_parts(cfg)
+    results: dict[str, np.ndarray] = {}
+    for part, req in calls:
+        results.update({s["id"]: im for s, im in zip(part, req(gen))})
     for s in samples:
         write_sample_folder(out, s, results[s["id"]])
     scored = EditCanvasScorer().score(samples, results)
@@ -142,12 +186,18 @@ def run_editcanvas(gen: Generator, out: Path, cfg: SuiteConfig) -> dict:
     return summary(scored)
 
 
-def run_understanding(gen: Generator, out: Path, cfg: SuiteConfig) -> dict:
-    from evaluation.understanding import score_understanding, understanding_items
+def understanding_suite_items(cfg: SuiteConfig) -> list[dict]:
+    from evaluation.understanding import understanding_items
 
-    items = understanding_items(cfg.understanding_scenes, seed=cfg.seed, width=cfg.width, height=cfg.height,
-                                **scene_kwargs(cfg))
-    res = score_understanding(items, gen.answer)
+    return understanding_items(cfg.understanding_scenes, seed=cfg.seed, width=cfg.width, height=cfg.height,
+                               **scene_kwargs(cfg))
+
+
+def run_understanding(gen: Generator, out: Path, cfg: SuiteConfig) -> dict:
+    from evaluation.understanding import score_understanding
+
+    items = understanding_suite_items(cfg)
+    res = score_understanding(items, gen.answer, batch_size=UNDERSTANDING_BATCH)
     out.write_text(json.dumps({k: v for k, v in res.items()}, indent=1, default=str))
     return {k: v for k, v in res.items() if k not in ("records",)}
 
@@ -198,6 +248,149 @@ def run_suite(gen: Generator, out_dir: str | Path, cfg: SuiteConfig | None = Non
         metrics[name] = fn(gen, where, cfg)
         metrics[name]["seconds"] = round(time.perf_counter() - start, 1)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, default=float))
+    return metrics
+
+
+# ---------------------------------------------------------------- several processes
+# run_suite_sharded: every rank generates its share of the suite's calls, rank zero gathers them
+# and scores exactly as one process would (plan -> generate -> score).
+
+def suite_requests(gen: Generator, cfg: SuiteConfig) -> list[Request]:
+    """Every generator call run_suite(gen, ..., cfg) makes, in its order (nothing generated)."""
+    reqs: list[Request] = []
+    if cfg.geneval_limit != 0:
+        reqs += geneval_requests(cfg, geneval_metas(cfg))
+    if cfg.dpg_prompts > 0:
+        reqs += dpg_requests(cfg, dpg_suite_items(cfg))
+    if cfg.editcanvas_per_task > 0:
+        reqs += [req for _, req in editcanvas_parts(cfg)[1]]
+    if cfg.understanding_scenes > 0:
+        items = understanding_suite_items(cfg)
+        reqs += [Request("answer", ([it["image"] for it in items[i:i + UNDERSTANDING_BATCH]],
+                                    [it["question"] for it in items[i:i + UNDERSTANDING_BATCH]]))
+                 for i in range(0, len(items), UNDERSTANDING_BATCH)]
+    if cfg.interleaved_videos > 0 and hasattr(gen, "continue_story"):
+        from evaluation.interleaved import interleaved_items
+
+        items = interleaved_items(cfg.interleaved_videos, seed=cfg.seed, width=cfg.width, height=cfg.height)
+        reqs.append(Request("continue_story", ([it["caption"] for it in items], [it["image"] for it in items]),
+                            cfg.seed))
+    return reqs
+
+
+def _takes_offset(gen: Generator, method: str) -> bool:
+    import inspect
+
+    return "offset" in inspect.signature(getattr(gen, method)).parameters
+
+
+def split_requests(gen: Generator, requests: list[Request]) -> list[tuple[int, int, Request]]:
+    """(request index, offset, piece): each call cut into pieces of the generator's `batch_size`
+    items, aligned to its own batches, when its method takes `offset` (the piece is then seeded by
+    its position in the whole call: ARGenerator) or needs no seed (answer: greedy); otherwise whole."""
+    size = getattr(gen, "batch_size", None)
+    pieces = []
+    for r, req in enumerate(requests):
+        lists = 1 if req.method == "text_to_image" else 2  # leading per-item arguments
+        n = len(req.args[0])
+        if not size or n <= size or (req.seed is not None and not _takes_offset(gen, req.method)):
+            pieces.append((r, 0, req))
+            continue
+        for k in range(0, n, size):
+            args = tuple(a[k:k + size] for a in req.args[:lists]) + req.args[lists:]
+            pieces.append((r, k, Request(req.method, args, req.seed)))
+    return pieces
+
+
+def generate_share(gen: Generator, requests: list[Request], rank: int, world: int) -> dict[str, Any]:
+    """This rank's pieces (piece j goes to rank j % world): {"pieces": [(request, offset, outputs)]},
+    or {"error": "..."} when generation failed here (gathered, so every rank raises, none hangs)."""
+    out = []
+    try:
+        for j, (r, k, piece) in enumerate(split_requests(gen, requests)):
+            if j % world == rank:
+                out.append((r, k, piece(gen, **({"offset": k} if k and piece.seed is not None else {}))))
+    except Exception as err:  # noqa: BLE001 - re-raised on every rank after the gather
+        import traceback
+
+        return {"error": f"rank {rank}: {type(err).__name__}: {err}\n{traceback.format_exc()}"}
+    return {"pieces": out}
+
+
+def assemble(requests: list[Request], shares: list[dict[str, Any]]) -> list[list]:
+    """Every request's outputs, its pieces put back in order from all ranks' shares."""
+    errors = [s["error"] for s in shares if "error" in s]
+    if errors:
+        raise RuntimeError("benchmark generation failed on " + "; ".join(errors))
+    parts: dict[int, list[tuple[int, list]]] = {r: [] for r in range(len(requests))}
+    for share in shares:
+        for r, k, outputs in share["pieces"]:
+            parts[r].append((k, list(outputs)))
+    results = []
+    for r, req in enumerate(requests):
+        joined = [o for _, outs in sorted(parts[r], key=lambda p: p[0]) for o in outs]
+        if len(joined) != len(req.args[0]):
+            raise RuntimeError(f"request {r} ({req.method}) gathered {len(joined)} outputs for {len(req.args[0])} items")
+        results.append(joined)
+    return results
+
+
+def _signature(method: str, args: tuple, seed: int | None) -> tuple:
+    def one(a):
+        if isinstance(a, (list, tuple)):
+            return tuple(one(x) for x in a)
+        return ("array", a.shape) if isinstance(a, np.ndarray) else a
+    return method, one(args), seed
+
+
+class PrefetchedGenerator:
+    """Serves run_suite's calls, in order, from outputs generated before (run_suite_sharded); a
+    call other than the next planned one is an error, never a silently wrong image."""
+
+    def __init__(self, requests: list[Request], results: list[list]):
+        self._queue = list(zip(requests, results))
+
+    def _serve(self, method: str, args: tuple, seed: int | None = None) -> list:
+        if not self._queue:
+            raise RuntimeError(f"unplanned generator call {method}: the suite made more calls than suite_requests")
+        req, res = self._queue.pop(0)
+        if _signature(req.method, req.args, req.seed) != _signature(method, args, seed):
+            raise RuntimeError(f"generator call {method} (seed {seed}) is not the planned {req.method} (seed {req.seed})")
+        return res
+
+    def text_to_image(self, prompts, height, width, seed):
+        return self._serve("text_to_image", (prompts, height, width), seed)
+
+    def edit(self, sources, instructions, seed):
+        return self._serve("edit", (sources, instructions), seed)
+
+    def answer(self, images, questions):
+        return self._serve("answer", (images, questions))
+
+
+class _PrefetchedStories(PrefetchedGenerator):
+    def continue_story(self, captions, images, seed):
+        return self._serve("continue_story", (captions, images), seed)
+
+
+def run_suite_sharded(gen: Generator, out_dir: str | Path, cfg: SuiteConfig | None, rank: int, world: int,
+                      all_gather=None, extra: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """run_suite across `world` processes: every rank calls this with the same `gen` weights and
+    config; each generates its share, `all_gather(obj) -> [obj of rank 0, 1, ...]` (e.g.
+    torch.distributed.all_gather_object) collects them, and rank zero writes and scores the suite
+    exactly as run_suite(gen, ...) would in one process (returns its metrics; other ranks None)."""
+    cfg = cfg or SuiteConfig()
+    if world == 1:
+        return run_suite(gen, out_dir, cfg, extra)
+    requests = suite_requests(gen, cfg)
+    shares = all_gather(generate_share(gen, requests, rank, world))
+    results = assemble(requests, shares)  # raises on every rank if any rank failed
+    if rank != 0:
+        return None
+    served = (_PrefetchedStories if hasattr(gen, "continue_story") else PrefetchedGenerator)(requests, results)
+    metrics = run_suite(served, out_dir, cfg, extra)
+    if served._queue:
+        raise RuntimeError(f"{len(served._queue)} planned generator calls were never made by run_suite")
     return metrics
 
 

@@ -5,7 +5,10 @@ tests/test_ddp.py launches it in a subprocess with a timeout. Each rank writes
 validation metrics it logged, and a digest of its final weights.
 
     python tests/_ddp_run.py {tokenizer,ar,rl} --data DIR --out DIR --devices N --global_batch B --steps S
-        [--strategy ddp|fsdp] [--accelerator cpu|cuda] [--ema]
+        [--strategy ddp|fsdp] [--accelerator cpu|cuda] [--ema] [--bench N]
+
+--bench N (rl only): BenchmarkCallback every N steps on BENCH_SUITE (generation sharded across the
+ranks, gathered to rank 0, scored there) into <out>/benchmarks.
 
 Randomness that would make a 1-process and an N-process run differ is switched off (the shards
 are read in file order, shuffle buffer 1; no dead-code restarts, no caption dropout, a fixed
@@ -122,7 +125,13 @@ def rl_run(args):
                 self.decoded_keys += [p["prompt"] for p in batch]
             return batch
 
-    return model, Recording(geneval_seeds=[1], batch_size=args.global_batch // args.devices, val_prompts=0), []
+    return model, Recording(geneval_per_tag=4, batch_size=args.global_batch // args.devices, val_prompts=0), []
+
+
+# a small suite (32 px: its scenes need >= 20 px); batch 2, so calls are cut into pieces across ranks
+BENCH_SUITE = {"geneval_limit": 4, "images_per_prompt": 2, "dpg_prompts": 1, "editcanvas_per_task": 1,
+               "understanding_scenes": 2, "width": 32, "height": 32}
+BENCH_SAMPLING, BENCH_BATCH = {"top_k": 4, "seed": 0}, 2
 
 
 def main():
@@ -137,6 +146,7 @@ def main():
     ap.add_argument("--val_batch", type=int, default=8)
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--ema", action="store_true")
+    ap.add_argument("--bench", type=int, default=0)
     args = ap.parse_args()
     torch.set_num_threads(1)
     pl.seed_everything(0, verbose=False)
@@ -145,6 +155,11 @@ def main():
     args.out.mkdir(parents=True, exist_ok=True)
     callbacks += [Recorder(args.out), ModelCheckpoint(dirpath=str(args.out / "ckpt"), save_last=True, save_top_k=0,
                                                       enable_version_counter=False)]
+    if args.bench:
+        from callbacks.evaluation import BenchmarkCallback
+
+        callbacks.append(BenchmarkCallback(every_n_steps=args.bench, fit_suite=BENCH_SUITE, sampling=BENCH_SAMPLING,
+                                           batch_size=BENCH_BATCH, out_dir=str(args.out)))
     if args.ema:
         from lightning.pytorch.callbacks import EMAWeightAveraging
 

@@ -107,7 +107,8 @@ def rl_runs(tmp_path_factory):
     d = tmp_path_factory.mktemp("ddp_rl")
     write_tiny_checkpoints(d)
     extra = ("--global_batch", "4", "--steps", str(RL_STEPS))  # prompts per step (x group 4 rollouts)
-    return d, launch("rl", d, d / "one", 1, *extra), launch("rl", d, d / "two", 2, *extra)
+    # the 2-process run also benchmarks at its last step, generation sharded across both ranks
+    return d, launch("rl", d, d / "one", 1, *extra), launch("rl", d, d / "two", 2, *extra, "--bench", str(RL_STEPS))
 
 
 @pytest.mark.slow
@@ -117,6 +118,38 @@ def test_grpo_two_processes(rl_runs):
     assert one["weights_sha"] != one["start_sha"]
     assert abs(one["losses"][0]) < 1e-6 and all(abs(r["losses"][0]) < 1e-6 for r in two)
     assert np.isfinite(np.array([r["losses"] for r in two])).all()
+
+
+@pytest.mark.slow
+def test_sharded_benchmark_in_ddp_equals_one_process_on_the_same_weights(rl_runs, tmp_path):
+    """BenchmarkCallback in the 2-process GRPO run (each rank generates its pieces, rank 0 gathers and
+    scores): its suite folder equals one process's run_suite on the checkpoint's weights, image for
+    image and metric for metric."""
+    from PIL import Image
+
+    from _ddp_run import BENCH_BATCH, BENCH_SAMPLING, BENCH_SUITE
+    from evaluation.suite import SuiteConfig, run_suite
+    from modules.ar.generator import ARGenerator, load_ar_and_tokenizer
+    from modules.ar.sampler import SamplingConfig
+    from modules.text import build_text_tokenizer
+
+    d, _, _ = rl_runs
+    folder = d / "two" / "benchmarks" / f"step_{RL_STEPS:07d}"
+    two = json.loads((folder / "metrics.json").read_text())
+    model, meta, tok, _ = load_ar_and_tokenizer(str(d / "two" / "ckpt" / "last.ckpt"))
+    text = build_text_tokenizer(meta.get("text_tokenizer") or "bytes", meta.get("text_tokenizer_path"),
+                                model.config.text_vocab_size)
+    gen = ARGenerator(model.eval(), tok, text, sampling=SamplingConfig.from_dict(BENCH_SAMPLING), batch_size=BENCH_BATCH)
+    one = run_suite(gen, tmp_path, SuiteConfig(**{**BENCH_SUITE}))
+    drop = ("seconds", "step", "epoch", "untrained_scales", "untrained_scale_counts", "trained_scale_counts")
+    strip = lambda m: {k: ({kk: vv for kk, vv in v.items() if kk not in drop} if isinstance(v, dict) else v)
+                       for k, v in m.items() if k not in drop}
+    assert strip(two) == strip(json.loads(json.dumps(one, default=float)))
+    pngs = lambda root: {p.relative_to(root).as_posix(): np.asarray(Image.open(p)) for p in root.rglob("*.png")}
+    a, b = pngs(folder), pngs(tmp_path)
+    a.pop("geneval_grid.png", None)
+    assert a.keys() == b.keys() and len(a) > 10
+    assert all(np.array_equal(a[k], b[k]) for k in a)
 
 
 # ----------------------------------------------------------------------------- fast, no processes
@@ -174,7 +207,7 @@ class FakeTrainer:
         self.strategy, self.state = FakeStrategy(), SimpleNamespace(fn="fit")
 
 
-def test_benchmark_runs_on_rank_zero_and_every_rank_meets_at_the_barrier(monkeypatch):
+def test_benchmark_runs_on_every_rank_and_every_rank_meets_at_the_barrier(monkeypatch):
     from callbacks.evaluation import BenchmarkCallback
 
     for rank in (0, 1):
@@ -182,7 +215,7 @@ def test_benchmark_runs_on_rank_zero_and_every_rank_meets_at_the_barrier(monkeyp
         monkeypatch.setattr(cb, "run", lambda trainer, module, cfg, tag: ran.append(tag))
         trainer = FakeTrainer(rank)
         cb.on_train_batch_end(trainer, None, None, None, 0)
-        assert ran == (["step_0000004"] if rank == 0 else [])
+        assert ran == ["step_0000004"]  # every rank generates its share (run_suite_sharded)
         assert trainer.strategy.barriers == ["benchmark_step_0000004"]
 
 

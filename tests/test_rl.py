@@ -341,24 +341,83 @@ def test_rl_checkpoint_loads_in_generate_and_armodule(ckpts, tmp_path):
     assert all(torch.equal(v, trained[k].cpu()) for k, v in again.model.state_dict().items())
 
 
-def test_experiment_config_fits_and_validates_through_main(ckpts, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def cli_fit(ckpts, tmp_path_factory):
     """configs/experiment/rl_shapes_grpo.yaml through `main.py fit` (shrunk: 16 px, G = 2, two
-    steps with a validation pass), the checkpoint it writes read back by load_generator."""
-    import main
-    from modules.ar.sampler import load_generator
+    steps with a validation pass); the run folder."""
+    import os
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
-    monkeypatch.chdir(tmp_path)
-    code = main.main(["fit", "--config", str(root / "configs/experiment/rl_shapes_grpo.yaml"),
-                      f"--model.init_args.policy_ckpt={ckpts / 'ar.ckpt'}", "--model.init_args.image_size=16",
-                      "--model.init_args.group_size=2", "--data.init_args.batch_size=2", "--data.init_args.dpg_items=2",
-                      f"--data.init_args.exclude_prompts=[{root / 'configs/prompts/geneval_shapes.jsonl'}]",
-                      "--data.init_args.val_prompts=2", "--trainer.max_steps=2", "--trainer.val_check_interval=1",
-                      "--trainer.limit_val_batches=1", "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false"])
+    import main
+
+    root, here = Path(__file__).resolve().parents[1], os.getcwd()
+    out = tmp_path_factory.mktemp("rl_cli")
+    os.chdir(out)
+    try:
+        code = main.main(["fit", "--config", str(root / "configs/experiment/rl_shapes_grpo.yaml"),
+                          f"--model.init_args.policy_ckpt={ckpts / 'ar.ckpt'}", "--model.init_args.image_size=16",
+                          "--model.init_args.group_size=2", "--data.init_args.batch_size=2",
+                          "--data.init_args.dpg_items=2",
+                          f"--data.init_args.exclude_prompts=[{root / 'configs/prompts/geneval_shapes.jsonl'}]",
+                          "--data.init_args.val_prompts=2", "--trainer.max_steps=2", "--trainer.val_check_interval=1",
+                          "--trainer.limit_val_batches=1", "--trainer.accelerator=cpu",
+                          "--trainer.enable_progress_bar=false"])
+    finally:
+        os.chdir(here)
     assert code == 0
-    metrics = (tmp_path / "runs/rl_shapes_grpo/metrics.csv").read_text().splitlines()[0].split(",")
+    return out
+
+
+def test_experiment_config_fits_and_validates_through_main(ckpts, cli_fit):
+    """The RL experiment's fit logs the rewards, and the checkpoint it writes is read back by load_generator."""
+    from modules.ar.sampler import load_generator
+
+    metrics = (cli_fit / "runs/rl_shapes_grpo/metrics.csv").read_text().splitlines()[0].split(",")
     assert {"train/reward", "train/kl", "train/ratio", "train/clip_frac", "train/zero_var_frac",
             "train/ShapesGenEvalReward/correct", "val/reward"} <= set(metrics)
-    model, meta = load_generator(str(tmp_path / "runs/rl_shapes_grpo/last.ckpt"))
+    model, meta = load_generator(str(cli_fit / "runs/rl_shapes_grpo/last.ckpt"))
     assert meta["tokenizer_ckpt"] == str(ckpts / "tok.ckpt")
+
+
+def test_validate_cli_loads_the_rl_policy_with_the_ar_config(ckpts, cli_fit, tmp_path, monkeypatch):
+    """`main.py validate --config configs/experiment/ar_shapes_t2i.yaml --ckpt_path <GRPOModule
+    checkpoint>` (commands/lightning_cli.py): the CLI keeps the AR config's ARModule and the
+    validation runs on the policy's trained weights, not on the AR checkpoint RL started from."""
+    from pathlib import Path
+
+    import main
+    from modules.ar.module import ARModule
+    from modules.ar.sampler import load_generator
+    from modules.tokenizer import checkpoint_fingerprint
+    from tests.test_ar_module import make_shards
+
+    rl_path = cli_fit / "runs/rl_shapes_grpo/last.ckpt"
+    assert torch.load(rl_path, weights_only=False)["hyper_parameters"]["_class_path"].endswith(".GRPOModule")
+    policy = load_generator(str(rl_path))[0].state_dict()
+    start = load_generator(str(ckpts / "ar.ckpt"))[0].state_dict()
+    assert any(not torch.equal(v, start[k]) for k, v in policy.items())  # RL moved the weights
+
+    shards = make_shards(tmp_path / "pretok", side=3, n=4, codebook=64, i2t_every=0,
+                         fingerprint=checkpoint_fingerprint(ckpts / "tok.ckpt"))
+    seen = []
+    original = ARModule.validation_step
+
+    def spy(self, batch, batch_idx):
+        if not seen:
+            seen.append({k: v.detach().clone() for k, v in self.model.state_dict().items()})
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(ARModule, "validation_step", spy)
+    monkeypatch.chdir(tmp_path)
+    root = Path(__file__).resolve().parents[1]
+    code = main.main(["validate", "--config", str(root / "configs/experiment/ar_shapes_t2i.yaml"),
+                      "--model.init_args.preset=tiny", "--model.init_args.overrides={}",
+                      "--model.init_args.text_tokenizer=bytes", "--model.init_args.self_correct=false",
+                      f"--model.init_args.tokenizer_ckpt={ckpts / 'tok.ckpt'}",
+                      f"--data.init_args.train_dirs={{'64': '{shards}'}}", f"--data.init_args.val_dir={shards}",
+                      "--data.init_args.val_batch_size=2", "--trainer.callbacks=[]", "--trainer.logger=false",
+                      "--trainer.limit_val_batches=1", "--trainer.accelerator=cpu",
+                      "--trainer.enable_progress_bar=false", f"--ckpt_path={rl_path}"])
+    assert code == 0 and seen
+    assert seen[0].keys() == policy.keys()
+    assert all(torch.equal(seen[0][k], v) for k, v in policy.items())

@@ -41,11 +41,15 @@ class ARGenerator:
         return list(to_uint8(self.tokenizer.decode(maps, schedule)))
 
     @torch.no_grad()
-    def text_to_image(self, prompts: list[str], height: int, width: int, seed: int) -> list[np.ndarray]:
+    def text_to_image(self, prompts: list[str], height: int, width: int, seed: int,
+                      offset: int = 0) -> list[np.ndarray]:
+        """`offset`: these prompts are items offset, offset+1, ... of a larger call with this seed
+        (evaluation.suite shards a call across ranks in batch_size pieces): each batch is seeded by
+        its position in the whole call, so an image does not depend on which rank made it."""
         schedule = ScaleSchedule.for_image(height, width, self.tokenizer.patch)
         out = []
         for i in range(0, len(prompts), self.batch_size):
-            cfg = dataclasses.replace(self.sampling, seed=seed * 1_000_003 + i)
+            cfg = dataclasses.replace(self.sampling, seed=seed * 1_000_003 + offset + i)
             ids = [self.text.encode(p) for p in prompts[i:i + self.batch_size]]
             out += self._decode(generate_images(self.model, ids, schedule, cfg), schedule, cfg.seed)
         return out
@@ -55,11 +59,12 @@ class ARGenerator:
         return [(codes.schedule, [t[b] for t in codes.targets]) for b in range(len(images))]
 
     @torch.no_grad()
-    def edit(self, sources: list[np.ndarray], instructions: list[str], seed: int) -> list[np.ndarray]:
+    def edit(self, sources: list[np.ndarray], instructions: list[str], seed: int,
+             offset: int = 0) -> list[np.ndarray]:
         out = []
         for i in range(0, len(sources), self.batch_size):
             src = self._encode(sources[i:i + self.batch_size])
-            cfg = dataclasses.replace(self.sampling, seed=seed * 1_000_003 + i)
+            cfg = dataclasses.replace(self.sampling, seed=seed * 1_000_003 + offset + i)
             ids = [self.text.encode(t) for t in instructions[i:i + self.batch_size]]
             codes = edit_images(self.model, src, ids, None, cfg)
             out += self._decode(codes, src[0][0], cfg.seed)
@@ -77,14 +82,14 @@ class ARGenerator:
 
     @torch.no_grad()
     def continue_story(self, captions: list[str], images: list[np.ndarray], seed: int,
-                       max_images: int = 1) -> list[tuple[str, np.ndarray | None]]:
+                       max_images: int = 1, offset: int = 0) -> list[tuple[str, np.ndarray | None]]:
         """Interleaved: each story's opening caption + first frame -> (the text the model writes
         next, the frame it draws after it, None if it stopped first), up to `max_images` frames
         (the texts between them joined)."""
         out = []
         for i, (caption, image) in enumerate(zip(captions, images)):
             (schedule, codes), = self._encode([image])
-            cfg = dataclasses.replace(self.sampling, seed=seed * 1_000_003 + i)
+            cfg = dataclasses.replace(self.sampling, seed=seed * 1_000_003 + offset + i)
             new = continue_interleaved(self.model, [self.text.encode(caption), (schedule, codes)], schedule, cfg,
                                        max_images=max_images)
             texts = [self.text.decode(t) for t in new if not isinstance(t[0], torch.Tensor)]
