@@ -558,7 +558,7 @@ def stage_refiner(sizes: Sizes, world: dict, tokenizer_ckpt: str) -> Callable[[P
             run_dir.mkdir(parents=True, exist_ok=True)
             overlay = {"model": {"init_args": {"tokenizer_ckpt": tokenizer_ckpt, "objective": objective}},
                        "data": {"init_args": {"train_dir": world["train"], "val_dir": world["val"]}},
-                       "trainer": {"max_steps": size["steps"], "max_time": {"minutes": size["minutes"]},
+                       "trainer": {"max_steps": size["steps"], "max_time": {"seconds": int(size["minutes"] * 60)},
                                    "limit_val_batches": 1, **_trainer_outputs(run_dir, [])}}
             run_main("fit", "--config", str(EXPERIMENTS / "refiner_shapes.yaml"),
                      "--config", write_overlay(run_dir / "overlay.yaml", overlay))
