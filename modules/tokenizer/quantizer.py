@@ -153,14 +153,15 @@ class DualCodebookQuantizer(nn.Module):
                 hat_sem_st = hat_sem.detach() - f_sem.detach() + f_sem
             else:
                 hat_sem_st = torch.zeros_like(f_sem)
-            if self.training and keep is not None and not all(keep) and _data_parallel():
+            if self.training and keep is not None and not all(keep):
                 # A dropped scale (ScaleDropping) can leave a φ conv out of the graph; DDP then stops
                 # ("parameters that were not used in producing the loss"). A zero-weighted use keeps
                 # every φ in the graph (exact zero gradients), so the default DDP strategy works
                 # unchanged: `find_unused_parameters=True` would instead walk the autograd graph
-                # after every backward on every step, and FSDP has no such switch. Only under
-                # several processes: in one, a skipped φ keeps no gradient at all, so Adam leaves it
-                # alone instead of moving it by momentum on a zero gradient.
+                # after every backward on every step, and FSDP has no such switch. In one process
+                # too, so that a run on N processes follows the 1-process run exactly (an exact
+                # zero gradient lets Adam keep moving the skipped φ by momentum; no gradient at
+                # all would not).
                 phis = [*self.phi_pix.parameters(), *(self.phi_sem.parameters() if use_semantic else ())]
                 vq_loss = vq_loss + 0.0 * sum(p.sum() for p in phis)
             if self.training:
@@ -238,9 +239,3 @@ class DualCodebookQuantizer(nn.Module):
         if hat_pix is None:
             raise ValueError("no index maps to decode")
         return (hat_sem if use_semantic else torch.zeros_like(hat_sem)), hat_pix
-
-
-def _data_parallel() -> bool:
-    """True when this process is one of several (torch.distributed initialised, world size > 1)."""
-    dist = torch.distributed
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
