@@ -240,3 +240,12 @@ def test_bench_calibrate_flag_belongs_to_packing(capsys):
     assert main(["bench", "fused_ce", "--calibrate"]) == 2  # a bare flag parses as true
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "belong to `bench packing`" in err[0]
+
+
+def test_compute_packing_with_a_task_mixture_is_refused_in_one_line(tmp_path):
+    """The packer plans one stream; a mixture is several, so the pair is refused, naming both keys."""
+    from datamodules.pretokenized_dm import PretokenizedDataModule
+
+    with pytest.raises(ConfigError, match="mixture.*packing='compute'"):
+        PretokenizedDataModule(mixture=[{"train_dir": str(tmp_path), "weight": 1.0}], packing="compute")
+    PretokenizedDataModule(mixture=[{"train_dir": str(tmp_path), "weight": 1.0}])  # bucketing accepts it
