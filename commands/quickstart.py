@@ -58,17 +58,20 @@ class Sizes:
     # video samples of each kind written for it
     unified_steps: int = 0
     unified_samples: int = 600
-    refiner: dict | None = None  # issue 14: {"steps", "minutes", "images"} per refiner fit / bench; None = defaults
+    # issue 14: {"steps", "minutes", "images"} per refiner fit / bench; steps 0 = stage off (a skipped
+    # record; `quickstart --refiner_steps N` turns it on)
+    refiner: dict | None = None
 
     @classmethod
     def named(cls, name: str) -> "Sizes":
         if name == "default":
             return cls(train_scenes=3000, val_scenes=256, train128_scenes=1500, geneval_images_per_prompt=1,
-                       # tokenizer stages shortened from the configs' 900/1000/1200 steps so that RL and
-                       # the refiner fit in the 30 minutes (README: what that costs the tokenizer)
-                       geneval_prompts=None, tokenizer_steps=(600, 700, 600), ar_steps=1400, ar_minutes=10,
+                       # the tokenizer stages' own 900/1000/1200 steps: shortening them to fit the
+                       # refiner cost the AR model more than RL gives back (README), so the refiner
+                       # is off by default (`--refiner_steps 200` runs it: about 5 more minutes)
+                       geneval_prompts=None, tokenizer_steps=None, ar_steps=1400, ar_minutes=10,
                        rl_steps=24, rl_minutes=2.5,
-                       refiner={"steps": 200, "minutes": 1.5, "images": 128},
+                       refiner={"steps": 0, "minutes": 1.5, "images": 128},
                        ar_model={"n_layer": 4, "n_embd": 192, "n_head": 6, "n_query_groups": 2,
                                  "intermediate_size": 512},
                        # no scale dropping in stages 1-2 (the stage configs keep NF's 0.5; the README
@@ -552,6 +555,8 @@ def stage_refiner(sizes: Sizes, world: dict, tokenizer_ckpt: str) -> Callable[[P
     def body(stage_dir: Path) -> dict[str, Any]:
         from benchmarks.refiner import bench_refiner
 
+        if size["steps"] <= 0:
+            return {"skipped": "the refiner's steps are 0 (quickstart --refiner_steps N runs it)"}
         ckpts = {}
         for objective in ("flow", "regression"):
             run_dir = stage_dir / objective
@@ -596,7 +601,8 @@ def stage_report(trained: dict, untrained: dict, rl: dict | None = None) -> Call
     return body
 
 
-def run(out: str = "runs/quickstart", size: str = "default", unified_steps: int | None = None) -> dict[str, Any]:
+def run(out: str = "runs/quickstart", size: str = "default", unified_steps: int | None = None,
+        refiner_steps: int | None = None) -> dict[str, Any]:
     """Run the main job on the Shapes world end to end: data, tokenizer (3 stages), pretokenise, AR fit, validate, report.
 
     Every stage is resumable: a second run reuses the stages that finished.
@@ -607,6 +613,9 @@ def run(out: str = "runs/quickstart", size: str = "default", unified_steps: int 
         unified_steps: also run the unified recipe (stage `unified`: every task pretokenised, one AR
             model fit on the task mixture for this many steps, then the suite with interleaved
             stories); default: the size's (off in `default`, whose 30 minutes it does not fit).
+        refiner_steps: run the refiner stage with this many steps per objective (flow refiner and
+            regression control; 0 = off); default: the size's (off in `default`: with it the
+            30 minutes leave the tokenizer too few steps).
     """
     import signal
 
@@ -623,14 +632,15 @@ def run(out: str = "runs/quickstart", size: str = "default", unified_steps: int 
     handlers = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)} if main_thread else {}
     try:
         with OutputLock(out_dir):
-            return _run_unlocked(out, size, unified_steps)
+            return _run_unlocked(out, size, unified_steps, refiner_steps)
     finally:
         kill_children()
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
 
 
-def _run_unlocked(out: str, size: str, unified_steps: int | None = None) -> dict[str, Any]:
+def _run_unlocked(out: str, size: str, unified_steps: int | None = None,
+                  refiner_steps: int | None = None) -> dict[str, Any]:
     """`run`'s stages, run while `run` holds the output folder's lock."""
     from rich.console import Console
     from rich.table import Table
@@ -642,6 +652,12 @@ def _run_unlocked(out: str, size: str, unified_steps: int | None = None) -> dict
 
             raise UsageError(f"--unified_steps {unified_steps} must be >= 0 (0 = no unified stage)")
         sizes = dataclasses.replace(sizes, unified_steps=unified_steps)
+    if refiner_steps is not None:
+        if refiner_steps < 0:
+            from commands import UsageError
+
+            raise UsageError(f"--refiner_steps {refiner_steps} must be >= 0 (0 = no refiner stage)")
+        sizes = dataclasses.replace(sizes, refiner={**(sizes.refiner or {}), "steps": refiner_steps})
     out_dir = Path(out).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     log: list[dict] = []

@@ -113,3 +113,19 @@ def test_appending_csv_logger_keeps_earlier_rows(tmp_path):
         rows = list(csv.DictReader(f))
     assert [r["step"] for r in rows] == ["0", "1", "2", "2"]
     assert [r["train/loss"] for r in rows] == ["1.0", "0.5", "0.25", ""] and rows[3]["val/psnr"] == "20.0"
+
+
+def test_refiner_stage_is_opt_in_and_skipped_with_a_record(tmp_path):
+    """The default quickstart leaves the refiner off (its minutes go to the tokenizer); the stage then
+    writes a skipped record instead of training, and a negative --refiner_steps is one clear error."""
+    from commands.quickstart import Sizes, stage_refiner
+
+    default = Sizes.named("default")
+    assert default.refiner["steps"] == 0 and default.tokenizer_steps is None   # the stage configs' own steps
+    assert Sizes.named("toy").refiner["steps"] > 0                            # the toy run still covers it
+    record = stage_refiner(default, {"train": "unused", "val": "unused", "val128": "unused"}, "unused")(tmp_path)
+    assert "skipped" in record and not any(tmp_path.iterdir())
+    with pytest.raises(UsageError, match="--refiner_steps -1 must be >= 0"):
+        from commands.quickstart import _run_unlocked
+
+        _run_unlocked(str(tmp_path / "qs"), "toy", refiner_steps=-1)
