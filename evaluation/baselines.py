@@ -83,6 +83,7 @@ class GroundTruthGenerator:
         from evaluation.understanding import understanding_items
 
         w, h = cfg.width, cfg.height
+        self.scene_kwargs = scene_kwargs(cfg)  # GenEval scenes with the suite's object sizes, like DPG's
         self.metas = {m["prompt"]: m for m in load_prompts(cfg.geneval_prompts or DEFAULT_PROMPTS_PATH)}
         self.dpg = {it["prompt"]: Scene.from_dict(it["scene"])
                     for it in dpg_items(cfg.dpg_prompts, seed=cfg.seed, width=w, height=h, **scene_kwargs(cfg))} if cfg.dpg_prompts else {}
@@ -101,7 +102,7 @@ class GroundTruthGenerator:
         out = []
         for prompt in prompts:
             if prompt in self.metas:
-                scene = scene_for_prompt(self.metas[prompt], rng, width, height)
+                scene = scene_for_prompt(self.metas[prompt], rng, width, height, **self.scene_kwargs)
             elif prompt in self.dpg:
                 scene = self.dpg[prompt]
             else:

@@ -2,6 +2,8 @@
 residual and accumulated inputs; padded batches and CFG rows), CFG's padded single forward ==
 the two-forward layout, the sampling step (CFG 0 == unguided, top-k 1 == argmax, top-p,
 vocabulary restriction, k-th value == full sort), determinism, aspect-ratio buckets."""
+import dataclasses
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -356,14 +358,13 @@ def test_bench_step_cost_compares_before_and_after():
     assert all(x["same_ids"] and x["sorted_s"] > 0 and x["kth_s"] > 0 for x in res["step"])
 
 
-def test_sampling_geneval_scores_every_point_and_resumes(tmp_path, monkeypatch):
-    """GenEval per sampling point (files × --vary) on one checkpoint: the suite's layout per point,
-    one summary; a rerun skips finished points; bad input names the file or key."""
+def _tiny_checkpoints(tmp_path):
+    """A random tiny tokenizer (tok.ckpt) and AR generator (ar.ckpt) on it, and a one-prompt
+    GenEval file (returned)."""
     import json
 
     import lightning
 
-    from benchmarks import sampling_geneval as sg
     from modules.ar.sampler import save_generator
     from modules.tokenizer import TokenizerConfig, TokenizerModule
 
@@ -379,6 +380,17 @@ def test_sampling_geneval_scores_every_point_and_resumes(tmp_path, monkeypatch):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text(json.dumps({"tag": "single_object", "include": [{"class": "circle", "count": 1}],
                                    "prompt": "a photo of a circle"}) + "\n")
+    return prompts
+
+
+def test_sampling_geneval_scores_every_point_and_resumes(tmp_path, monkeypatch):
+    """GenEval per sampling point (files × --vary) on one checkpoint: the suite's layout per point,
+    one summary; a rerun skips finished points; bad input names the file or key."""
+    import json
+
+    from benchmarks import sampling_geneval as sg
+
+    prompts = _tiny_checkpoints(tmp_path)
     files = ["configs/sampling/shapes_cfg_constant.yaml", "configs/sampling/shapes_cfg_linear.yaml"]
     points = sg.sampling_points(files, {"guidance": [0.0, 2.0]})
     assert [n for n, _ in points] == ["shapes_cfg_constant_guidance=0.0", "shapes_cfg_constant_guidance=2.0",
@@ -400,3 +412,60 @@ def test_sampling_geneval_scores_every_point_and_resumes(tmp_path, monkeypatch):
         sg.sampling_points(files, {"guidanse": [1.0]})
     with pytest.raises(sg.InputError, match="nope.yaml"):
         sg.sampling_points(["configs/sampling/nope.yaml"])
+
+
+def test_given_coarse_scales_are_kept_and_read_as_inputs():
+    """generate_images(given=...): the first m scales are the given codes; the rest are sampled on
+    top of them (the model reads the given codes: different given codes change what follows), m = 0
+    is plain sampling, m = K returns the given codes unchanged, also with CFG rows."""
+    m = _model()
+    cfg = SamplingConfig(seed=3, guidance=2.0, guidance_schedule="constant", top_k=4)
+    caps = [[65, 66], [70, 71, 72]]
+    free = generate_images(m, caps, SCH, cfg)
+    g = torch.Generator().manual_seed(0)
+    truth = [[torch.randint(0, 64, grid, generator=g) for grid in SCH.grids] for _ in caps]
+    for n in (0, 2, SCH.num_scales):
+        out = generate_images(m, caps, SCH, cfg, given=[t[:n] for t in truth])
+        for b in range(len(caps)):
+            assert all(torch.equal(out[b][k], truth[b][k]) for k in range(n))
+            if n == 0:
+                assert all(torch.equal(p, q) for p, q in zip(out[b], free[b]))
+    # the logits of scale 3 depend on the given scales: another truth for scales 1-2 moves them
+    rec_a, rec_b = [], []
+    other = [[(t + 1) % 64 for t in row] for row in truth]
+    generate_images(m, caps[:1], SCH, dataclasses.replace(cfg, guidance=0.0), record=rec_a, given=[truth[0][:2]])
+    generate_images(m, caps[:1], SCH, dataclasses.replace(cfg, guidance=0.0), record=rec_b, given=[other[0][:2]])
+    assert not torch.allclose(rec_a[-1], rec_b[-1])
+    with pytest.raises(ValueError, match="same number of given scales"):
+        generate_images(m, caps, SCH, cfg, given=[truth[0][:1], truth[1][:2]])
+
+
+def test_truth_prefix_all_scales_given_is_the_tokenizers_reconstruction(tmp_path):
+    """benchmarks/truth_prefix.py: with every scale from the truth the images are the tokenizer's
+    reconstruction of the world's render (the AR model is bypassed); with none, the model's own."""
+    from benchmarks import truth_prefix as tp
+    from evaluation.baselines import GroundTruthGenerator
+    from evaluation.suite import SuiteConfig
+    from modules.ar.generator import ARGenerator, load_ar_and_tokenizer
+
+    prompts = _tiny_checkpoints(tmp_path)
+    model, meta, tokenizer, _ = load_ar_and_tokenizer(str(tmp_path / "ar.ckpt"), None, "cpu")
+    ar = ARGenerator(model, tokenizer, None, sampling=SamplingConfig(seed=0, top_k=4))
+    truth = GroundTruthGenerator(SuiteConfig(geneval_prompts=str(prompts), dpg_prompts=0, editcanvas_per_task=0,
+                                             understanding_scenes=0, width=32, height=32))
+    K = ScaleSchedule.for_image(32, 32, tokenizer.patch).num_scales
+    ask = ["a photo of a circle"] * 2
+    full = tp.TruthPrefixGenerator(ar, truth, K).text_to_image(ask, 32, 32, seed=5)
+    rendered = truth.text_to_image(ask, 32, 32, 5 * 1_000_003)
+    reconstructed = ar._decode([c for _, c in ar._encode(rendered)], ScaleSchedule.for_image(32, 32, tokenizer.patch))
+    assert all(np.array_equal(a, b) for a, b in zip(full, reconstructed))
+    none = tp.TruthPrefixGenerator(ar, truth, 0).text_to_image(ask, 32, 32, seed=5)
+    own = ar.text_to_image(ask, 32, 32, seed=5)
+    assert all(np.array_equal(a, b) for a, b in zip(none, own))
+    with pytest.raises(ValueError, match="scales"):
+        tp.TruthPrefixGenerator(ar, truth, K + 1).text_to_image(ask, 32, 32, seed=5)
+    scores = tp.run(str(tmp_path / "ar.ckpt"), given=[0, K], out=str(tmp_path / "tp"), geneval_prompts=str(prompts),
+                    images_per_prompt=1, width=32, height=32, min_object_px=None)
+    assert set(scores) == {"0 scales from the truth", f"{K} scales from the truth"}
+    with pytest.raises(tp.InputError, match="given"):
+        tp.run(str(tmp_path / "ar.ckpt"), given=[-1], out=str(tmp_path / "tp2"))

@@ -157,3 +157,18 @@ def test_baselines_command_writes_suite_folders_floor_below_ceiling(tmp_path):
     assert floor["understanding/overall"] == 0.0 and floor["dpg/score"] < truth["dpg/score"]
     with pytest.raises(UsageError, match="'oracle'"):
         baselines(out=str(tmp_path), baselines=["oracle"])
+
+
+def test_ground_truth_geneval_scenes_use_the_suites_object_size():
+    """GroundTruthGenerator renders GenEval prompts with the suite's min_object_px (as the DPG and
+    understanding scenes do), so the truth looks like the scenes the model was asked to learn."""
+    import dataclasses
+
+    from shapes.oracle import OracleDetector
+
+    cfg = dataclasses.replace(CFG, min_object_px=24, dpg_prompts=0, editcanvas_per_task=0, understanding_scenes=0)
+    gen = GroundTruthGenerator(cfg)
+    prompts = [m["prompt"] for m in list(gen.metas.values())[:40]]
+    sides = [min(d["bbox"][2] - d["bbox"][0], d["bbox"][3] - d["bbox"][1])
+             for image in gen.text_to_image(prompts, 64, 64, seed=0) for d in OracleDetector().detect(image)]
+    assert len(sides) >= 40 and min(sides) >= 22   # 24 px boxes, a pixel of anti-aliasing either side

@@ -192,9 +192,15 @@ def block_features(builder: SequenceBuilder, codes: list[torch.Tensor], schedule
 
 @torch.no_grad()
 def sample_image(st: DecodeState, builder: SequenceBuilder, schedule: ScaleSchedule, cfg: SamplingConfig,
-                 generator: torch.Generator | None, n_cond: int, close: bool = False) -> list[torch.Tensor]:
+                 generator: torch.Generator | None, n_cond: int, close: bool = False,
+                 given: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
     """Scale by scale on top of `st` (rows [0, n_cond) conditional, the rest unconditional).
-    Returns per-scale codes (n_cond, h, w). `close` feeds the closing block and <eoi> after."""
+    Returns per-scale codes (n_cond, h, w). `close` feeds the closing block and <eoi> after.
+    `given`: codes (n_cond, h, w) of the first len(given) scales, taken instead of sampled (the
+    model still reads them as its inputs: coarse scales from the truth, the rest sampled)."""
+    given = list(given or [])
+    if len(given) > schedule.num_scales:
+        raise ValueError(f"{len(given)} given scales but the schedule has {schedule.num_scales}")
     V, C, K = builder.vocab, builder.rope_C, schedule.num_scales
     D = builder.code_emb.shape[1]
     allowed = V.visual_mask().to(st.device)
@@ -210,8 +216,11 @@ def sample_image(st: DecodeState, builder: SequenceBuilder, schedule: ScaleSched
         logits = st.feed(stack_rows(rows, st.next_block()))
         step = cfg.step(s, K)
         uncond = logits[n_cond:] if len(p_B) > n_cond else None
-        idx = sample_step(logits[:n_cond], step, allowed, generator, uncond)
-        codes.append((idx - V.visual_offset).view(n_cond, *schedule.grids[s]))
+        if s < len(given):
+            codes.append(given[s].to(st.device).view(n_cond, *schedule.grids[s]))
+        else:
+            idx = sample_step(logits[:n_cond], step, allowed, generator, uncond)
+            codes.append((idx - V.visual_offset).view(n_cond, *schedule.grids[s]))
         if len(p_B) > n_cond and all(cfg.guidance_at(r, K) == 0 for r in range(s + 1, K)):
             st.keep_rows(n_cond)  # guidance is off for every remaining scale
             p_B = p_B[:n_cond]
@@ -279,7 +288,7 @@ def _buckets(keys: Sequence) -> dict:
 @torch.no_grad()
 def _image_task(model: ARDecoder, prefixes: list[list], schedules: Sequence[ScaleSchedule],
                 cfg: SamplingConfig, record: list | None = None, stats: dict | None = None,
-                rows: RowLayout = "padded") -> list[list[torch.Tensor]]:
+                rows: RowLayout = "padded", given: list[list[torch.Tensor]] | None = None) -> list[list[torch.Tensor]]:
     if rows not in ("padded", "grouped"):
         raise ValueError(f"rows must be 'padded' or 'grouped', got {rows!r}")
     builder, out = builder_for(model), [None] * len(prefixes)
@@ -291,7 +300,10 @@ def _image_task(model: ARDecoder, prefixes: list[list], schedules: Sequence[Scal
         batch, drop = (segs + segs, [False] * n + [True] * n) if guided else (segs, [False] * n)
         st, _ = prefill(model, builder, batch, drop, cfg.use_cache, record,
                         max_groups=1 if rows == "padded" else 2)
-        codes = sample_image(st, builder, schedule, cfg, _generator(cfg, st.device), len(segs))
+        forced = None
+        if given is not None:  # per prompt: its first m scales' codes -> per scale: (n, h, w)
+            forced = [torch.stack([given[i][k] for i in idx]) for k in range(len(given[idx[0]]))]
+        codes = sample_image(st, builder, schedule, cfg, _generator(cfg, st.device), len(segs), given=forced)
         for j, i in enumerate(idx):
             out[i] = [c[j] for c in codes]
         if stats is not None:
@@ -302,8 +314,11 @@ def _image_task(model: ARDecoder, prefixes: list[list], schedules: Sequence[Scal
 def generate_images(model: ARDecoder, captions: list[list[int]],
                     schedules: ScaleSchedule | Sequence[ScaleSchedule],
                     cfg: SamplingConfig | None = None, *, record: list | None = None,
-                    stats: dict | None = None, rows: RowLayout = "padded") -> list[list[torch.Tensor]]:
+                    stats: dict | None = None, rows: RowLayout = "padded",
+                    given: list[list[torch.Tensor]] | None = None) -> list[list[torch.Tensor]]:
     """Text-to-image: caption text ids per prompt -> per-scale codes (h_k, w_k) per prompt.
+    `given` (per prompt, the same number m for all): the codes (h_k, w_k) of the first m scales,
+    taken instead of sampled; the rest is sampled on top of them (a diagnostic: which scales fail).
     `schedules`: one for all, or one per prompt (bucketed by schedule). `rows`: "padded" runs
     every row (CFG's conditional and unconditional ones included) as one left-padded batch, one
     forward per scale; "grouped" runs each prefix length apart (the earlier layout, kept as the
@@ -312,7 +327,9 @@ def generate_images(model: ARDecoder, captions: list[list[int]],
     V = model.config.vocab
     schedules = [schedules] * len(captions) if isinstance(schedules, ScaleSchedule) else list(schedules)
     prefixes = [_drop_image(tasks.t2i(V, list(c), s, [])) for c, s in zip(captions, schedules)]
-    return _image_task(model, prefixes, schedules, cfg, record, stats, rows)
+    if given is not None and len({len(g) for g in given}) > 1:
+        raise ValueError("given: every prompt needs the same number of given scales")
+    return _image_task(model, prefixes, schedules, cfg, record, stats, rows, given)
 
 
 def edit_images(model: ARDecoder, sources: list[tuple[ScaleSchedule, list[torch.Tensor]]],

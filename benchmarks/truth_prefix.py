@@ -1,0 +1,122 @@
+"""Which scales does the AR model fail on? GenEval with the first m scales taken from the truth:
+
+    python -m benchmarks.truth_prefix --ckpt runs/quickstart/ar_fit/last.ckpt --given '[0, 2, 4, 6, 8]' \\
+        --geneval_limit 96 --images_per_prompt 2 --out runs/truth_prefix
+
+For every GenEval prompt the world renders a scene that meets it (the ground-truth baseline's
+render, evaluation/baselines.py), the tokenizer encodes it, and the AR model samples scales
+m+1..K on top of the truth's codes for scales 1..m (`generate_images(given=...)`), with the
+sampling config of the quickstart's validate (constant CFG 5, top-k 8). m = 0 is the model alone;
+m = K is the tokenizer's reconstruction (the ceiling the AR model can reach). Where the score
+jumps between two m, the scales between them are where the model loses the prompt: the coarse
+scales carry layout (which objects, where), the fine ones the outlines that name a shape.
+Each point writes the suite's layout under <out>/given_<m>/; <out>/summary.json and the printed
+table hold the scores.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from benchmarks.sampling_geneval import InputError, print_geneval_table
+
+
+class TruthPrefixGenerator:
+    """text_to_image whose first `given` scales come from the world's render of the prompt."""
+
+    def __init__(self, ar, truth, given: int):
+        self.ar, self.truth, self.given = ar, truth, given
+        self.batch_size = ar.batch_size
+
+    @torch.no_grad()
+    def text_to_image(self, prompts: list[str], height: int, width: int, seed: int, offset: int = 0):
+        from modules.ar.sampler import generate_images
+
+        truth = self.truth.text_to_image(prompts, height, width, seed * 1_000_003 + offset)
+        out = []
+        for i in range(0, len(prompts), self.batch_size):
+            encoded = self.ar._encode(truth[i:i + self.batch_size])
+            schedule = encoded[0][0]
+            if self.given > schedule.num_scales:
+                raise ValueError(f"--given {self.given}: the {height}x{width} schedule has {schedule.num_scales} scales")
+            cfg = dataclasses.replace(self.ar.sampling, seed=seed * 1_000_003 + offset + i)
+            ids = [self.ar.text.encode(p) for p in prompts[i:i + self.batch_size]]
+            codes = generate_images(self.ar.model, ids, schedule, cfg, given=[c[:self.given] for _, c in encoded])
+            out += self.ar._decode(codes, schedule, cfg.seed)
+        return out
+
+
+def run(ckpt: str, given: list[int], sampling: str = "configs/sampling/shapes_cfg_constant.yaml",
+        guidance: float = 5.0, out: str = "runs/truth_prefix", geneval_prompts: str | None = None,
+        geneval_limit: int | None = 96,
+        images_per_prompt: int = 2, width: int = 64, height: int = 64, min_object_px: float = 24,
+        seed: int = 0, device: str = "cpu") -> dict:
+    """GenEval of the AR model with its first m scales from the truth, for each m in `given`.
+
+    Args:
+        ckpt: AR checkpoint (ARModule Lightning checkpoint or a save_generator file).
+        given: numbers of coarse scales taken from the truth (0 = the model alone).
+        sampling: sampling config file (the quickstart validates with constant CFG).
+        guidance: CFG scale over the file's (the quickstart's validate: 5).
+        out: output folder (one sub-folder per m, summary.json).
+        geneval_prompts: GenEval jsonl (default: the world's prompts).
+        geneval_limit: every k-th prompt so that this many remain.
+        images_per_prompt: images per prompt.
+        width: image width in pixels (the resolution the model trained at).
+        height: image height in pixels.
+        min_object_px: smallest object side of the truth's scenes (the quickstart's suite: 24).
+        seed: suite seed.
+        device: cpu or cuda.
+    """
+    import yaml
+
+    from evaluation.baselines import GroundTruthGenerator
+    from evaluation.suite import SuiteConfig, headline, run_suite
+    from modules.ar.generator import ARGenerator, load_ar_and_tokenizer
+    from modules.ar.sampler import SamplingConfig
+    from modules.common.errors import ConfigError
+    from modules.text.tokenizers import build_text_tokenizer
+
+    if not given or any(int(m) < 0 for m in given):
+        raise InputError(f"--given {given}: pass numbers of truth scales >= 0, e.g. '[0, 2, 4, 6, 8]'")
+    path = Path(sampling)
+    if not path.is_file():
+        raise InputError(f"sampling config not found at {path}; see configs/sampling/")
+    cfg = SamplingConfig.from_dict({**(yaml.safe_load(path.read_text()) or {}), "guidance": guidance})
+    try:
+        model, meta, tokenizer, _ = load_ar_and_tokenizer(ckpt, None, device)
+    except ConfigError as err:
+        raise InputError(str(err)) from None
+    text = build_text_tokenizer(meta.get("text_tokenizer") or "bytes", meta.get("text_tokenizer_path"),
+                                model.config.text_vocab_size)
+    suite = SuiteConfig(geneval_prompts=geneval_prompts, geneval_limit=geneval_limit, images_per_prompt=images_per_prompt, dpg_prompts=0,
+                        editcanvas_per_task=0, understanding_scenes=0, width=width, height=height, seed=seed,
+                        min_object_px=min_object_px)
+    ar = ARGenerator(model, tokenizer, text, sampling=cfg)
+    truth = GroundTruthGenerator(suite)
+    root, scores = Path(out), {}
+    for m in sorted({int(m) for m in given}):
+        with torch.no_grad():
+            metrics = run_suite(TruthPrefixGenerator(ar, truth, m), root / f"given_{m}", suite,
+                                extra={"ckpt": str(ckpt), "given_scales": m, "sampling": dataclasses.asdict(cfg)})
+        scores[f"{m} scales from the truth"] = headline(metrics)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "summary.json").write_text(json.dumps({"ckpt": str(ckpt), "suite": dataclasses.asdict(suite),
+                                                   "sampling": dataclasses.asdict(cfg), "scores": scores}, indent=1))
+    print_geneval_table(scores, f"GenEval with the first m scales from the truth: {ckpt}, {width}x{height} px "
+                                f"({root / 'summary.json'})", first_column="given")
+    return scores
+
+
+if __name__ == "__main__":
+    from jsonargparse import CLI
+
+    try:
+        CLI(run, as_positional=False)
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
