@@ -268,6 +268,78 @@ def test_teacher_forced_logprobs_equal_the_samplers_and_prefix_gradient(ckpts):
     assert (logits.grad[fine] == 0).all() and (logits.grad[~fine] != 0).any()
 
 
+GUIDED = {"guidance": 3.0, "temperature": [1.0, 0.8], "top_k": 20, "top_p": 0.9}
+
+
+def test_cfg_rule_none_refuses_guidance_and_unknown_rules_are_named(ckpts):
+    with pytest.raises(ValueError, match="guidance=3.0 with cfg_rule 'none'.*cfg_rule: guided"):
+        _module(ckpts, sampling=GUIDED)
+    with pytest.raises(ValueError, match="cfg_rule='cfg'"):
+        _module(ckpts, sampling=GUIDED, cfg_rule="cfg")
+
+
+@pytest.mark.parametrize("schedule", ["constant", "linear"])
+def test_guided_rule_logprobs_are_the_samplers_and_the_ratio_is_one(ckpts, schedule):
+    """cfg_rule "guided": rollouts with CFG; the loss's log-probs (one teacher-forced pass over the
+    conditional and the condition-dropped rows, combined per scale) equal the log-probs of the
+    sampler's own step on its KV-cached logits, so the ratio is exactly 1 before the first update;
+    the guided logits are (1+t_s)·cond − t_s·uncond of the two passes run apart, and the gradient
+    reaches the unconditional pass on every guided scale."""
+    from modules.ar import tasks
+    from modules.ar.decode_state import builder_for
+    from modules.common.sequence import collate
+
+    m = _module(ckpts, sampling={**GUIDED, "guidance_schedule": schedule}, cfg_rule="guided", prefix_scales=None)
+    K = m.schedule.num_scales
+    t = [m.sampling.guidance_at(s, K) for s in range(K)]
+    assert m.guidance_K.tolist() == pytest.approx(t) and max(t) == 3.0
+    ro = m.rollout(PROMPTS, 4, seed=3)
+    assert ro["record"][-1].shape[0] == 16  # the sampler ran the unconditional rows: CFG was on
+    tok = m.sequences(ro["captions"], ro["codes"])
+    assert tok.ids.shape[0] == 16
+    logits, idx = m.image_logits(m.model, tok)
+    lp = m.token_logprobs(logits, idx, truncated=True)
+    assert len(lp) == 8 * m.schedule.token_count and torch.isfinite(lp).all()
+    assert torch.allclose(lp, m.sampler_logprobs(ro["record"], ro["codes"]), atol=1e-4)
+    # without the unconditional pass the log-probs are not the sampler's (guidance matters here)
+    cond, _ = m.pass_logits(m.model, m.sequences(ro["captions"], ro["codes"], guided=False))
+    assert (m.token_logprobs(cond, idx, truncated=True) - lp).abs().max() > 1e-2
+    # the guided logits are the sampler's combine of the two passes run apart
+    V, b = m.model.config.vocab, builder_for(m.model)
+    drop = collate([b.build(tasks.t2i(V, c, m.schedule, cd), drop_cond=True)
+                    for c, cd in zip(ro["captions"], ro["codes"])], pad_id=V.pad)
+    uncond, uidx = m.pass_logits(m.model, drop)
+    assert torch.equal(uidx["target"], idx["target"]) and torch.equal(uidx["scale"], idx["scale"])
+    t_N1 = torch.tensor(t)[idx["scale"]][:, None]
+    assert torch.allclose(logits, (1 + t_N1) * cond - t_N1 * uncond, atol=1e-4)
+    # ratio exactly 1 at the first inner step; gradient through the unconditional logits
+    cond, uncond = cond.detach().requires_grad_(), uncond.detach().requires_grad_()
+    g_lp = m.token_logprobs(m.guide(cond, uncond, idx["scale"]), idx, truncated=True)
+    adv = torch.randn(8)[idx["sample"]]
+    out = grpo_loss(g_lp, g_lp.detach(), g_lp, g_lp.detach(), adv, idx["sample"], idx["scale"],
+                    torch.ones_like(adv, dtype=bool), prefix_scales=None, beta=0.0, num_scales=K)
+    assert out["ratio"].item() == 1.0 and out["clip_frac"].item() == 0.0
+    out["loss"].backward()
+    for s in range(K):
+        at = idx["scale"] == s
+        assert (uncond.grad[at] != 0).any() == (t[s] != 0), (s, t[s])
+        assert (cond.grad[at] != 0).any()
+
+
+def test_guided_rule_trains_on_policy(ckpts):
+    """A guided training step (one update per rollout batch) logs ratio 1, no clipping and the
+    sampler's own log-probs."""
+    log = Rewards()
+    m = _module(ckpts, sampling={**GUIDED, "guidance_schedule": "constant"}, cfg_rule="guided", inner_steps=1)
+    before = {k: v.clone() for k, v in m.model.state_dict().items()}
+    _fit(m, 2, callbacks=[log])
+    assert len(log.rows) == 2
+    for row in log.rows:
+        assert row["train/ratio"] == 1.0 and row["train/clip_frac"] == 0.0
+        assert row["train/sampler_logp_gap"] < 1e-3
+    assert any(not torch.equal(v, before[k]) for k, v in m.model.state_dict().items())
+
+
 def _fit(module, steps, tmp_path=None, **trainer_kw):
     from datamodules.prompts import PromptDataModule
 
