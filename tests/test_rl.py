@@ -493,3 +493,64 @@ def test_validate_cli_loads_the_rl_policy_with_the_ar_config(ckpts, cli_fit, tmp
     assert code == 0 and seen
     assert seen[0].keys() == policy.keys()
     assert all(torch.equal(seen[0][k], v) for k, v in policy.items())
+
+
+# ----------------------------------------------------------------------------- the rl_prefix sweep
+def _rl_prefix_sweep():
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    return root, yaml.safe_load((root / "configs/sweeps/rl_prefix.yaml").read_text())
+
+
+def test_rl_prefix_sweep_points_mean_what_fit_would_run():
+    """configs/sweeps/rl_prefix.yaml, each point parsed as `main.py fit` parses it: PG on scales
+    1..2, 1..4 and all, the KL on all scales everywhere, the same wall-clock limit, no CFG rule."""
+    from commands.lightning_cli import parse_config
+    from commands.sweep import expand_points, load_base, point_args
+
+    root, sweep = _rl_prefix_sweep()
+    base = [str(root / b) for b in sweep["base"]]
+    config = load_base(base)
+    got = {}
+    for name, overrides in expand_points(sweep.get("grid"), sweep.get("list")):
+        parsed = parse_config(["fit", *point_args(base, {**sweep["fixed"], **overrides}, config, None)])
+        args = parsed["model"]["init_args"]
+        assert parsed["trainer"]["max_time"] == {"minutes": 6} and parsed["trainer"]["max_steps"] == 100000, name
+        got[name] = (args["prefix_scales"], args["kl_scales"], args["cfg_rule"], args["sampling"]["guidance"])
+    assert got == {"000_prefix_2": (2, "all", "none", 0.0), "001_prefix_4": (4, "all", "none", 0.0),
+                   "002_all_scales": (None, "all", "none", 0.0)}
+
+
+@pytest.mark.slow
+def test_rl_prefix_sweep_runs_toy_sized(ckpts, tmp_path, monkeypatch):
+    """`main.py sweep` on the shipped rl_prefix points, shrunk (tiny policy, 16 px, one step each):
+    every point finishes and logs the per-scale KL the drift measure reads."""
+    import json
+
+    import yaml
+
+    import main
+
+    root, sweep = _rl_prefix_sweep()
+    toy = {"model.init_args.policy_ckpt": str(ckpts / "ar.ckpt"), "model.init_args.image_size": 16,
+           "model.init_args.group_size": 2, "model.init_args.inner_steps": 1, "data.init_args.batch_size": 2,
+           "data.init_args.dpg_items": 2, "data.init_args.val_prompts": 0,
+           "data.init_args.exclude_prompts": [str(root / "configs/prompts/geneval_shapes.jsonl")],
+           "trainer.max_steps": 1, "trainer.limit_val_batches": 0, "trainer.val_check_interval": None,
+           "trainer.accelerator": "cpu"}
+    small = {**sweep, "base": [str(root / b) for b in sweep["base"]], "fixed": {**sweep["fixed"], **toy},
+             "out_dir": str(tmp_path / "out")}
+    path = tmp_path / "rl_prefix_toy.yaml"
+    path.write_text(yaml.safe_dump(small))
+    monkeypatch.chdir(tmp_path)
+    assert main.main(["sweep", "--config", str(path)]) == 0
+    points = json.loads((tmp_path / "out" / "sweep.json").read_text())["points"]
+    assert [p["name"] for p in points] == ["000_prefix_2", "001_prefix_4", "002_all_scales"]
+    for p in points:
+        assert p["status"] == "done", p.get("error")
+        csv = p["metrics"]["csv"]
+        assert {"train/kl", "train/kl_scale_00", "train/kl_scale_01", "train/reward"} <= set(csv), p["name"]
+        assert (tmp_path / "out" / p["dir"] / "last.ckpt").is_file()
