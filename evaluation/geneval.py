@@ -6,7 +6,9 @@ Layout (GenEval README / evaluate_images.py main): <dir>/<00000>/metadata.jsonl 
 prompt's line of evaluation_metadata.jsonl, and <dir>/<00000>/samples/0000.png, 0001.png, ...
 Writes <dir>/results.jsonl with the official per-image fields (filename, tag, prompt, correct,
 reason, metadata, details) and <dir>/summary.json; the summary follows summary_scores.py: per
-task = mean per-image correctness, overall = unweighted mean over tasks.
+task = mean per-image correctness, overall = unweighted mean over tasks. The summary adds
+"clutter_rate" (not part of GenEval): the fraction of images whose kept detections hold an object
+the prompt does not ask for (geneval_rules.cluttered), read from each record's details.
 The rules themselves live in evaluation/geneval_rules.py (re-exported here).
 
 Seen / unseen (shapes/split.py): `split_summaries` scores the prompts whose text appears among the
@@ -27,12 +29,12 @@ from PIL import Image, ImageOps
 
 from evaluation.detectors import load_color_classifier, load_detector
 from evaluation.geneval_rules import (COUNTING_THRESHOLD, MAX_OBJECTS, POSITION_THRESHOLD, TASKS, THRESHOLD,
-                                      check_clauses, evaluate_image, filter_detections, geneval_reward,
-                                      relative_position)
+                                      check_clauses, cluttered, evaluate_image, filter_detections,
+                                      geneval_reward, relative_position)
 
 __all__ = ["COUNTING_THRESHOLD", "MAX_OBJECTS", "POSITION_THRESHOLD", "TASKS", "THRESHOLD",
-           "GenEvalResults", "check_clauses", "evaluate_image", "filter_detections", "geneval_reward",
-           "load_image", "load_metadata", "read_geneval_layout", "relative_position",
+           "GenEvalResults", "check_clauses", "cluttered", "evaluate_image", "filter_detections",
+           "geneval_reward", "load_image", "load_metadata", "read_geneval_layout", "relative_position",
            "render_ground_truth_layout", "score_geneval", "summarize", "write_geneval_layout",
            "caption_texts", "prompt_overlap", "split_summaries"]
 
@@ -155,12 +157,14 @@ class GenEvalResults:
     image_accuracy: float = 0.0
     prompt_accuracy: float = 0.0
     num_prompts: int = 0
+    clutter_rate: float | None = None  # images with an object the prompt did not ask for; None: no details
 
     def summary(self) -> dict[str, Any]:
         return {"overall": self.overall, "tasks": self.task_scores,
                 "task_counts": {k: list(v) for k, v in self.task_counts.items()},
                 "images": len(self.records), "prompts": self.num_prompts,
-                "image_accuracy": self.image_accuracy, "prompt_accuracy": self.prompt_accuracy}
+                "image_accuracy": self.image_accuracy, "prompt_accuracy": self.prompt_accuracy,
+                "clutter_rate": self.clutter_rate}
 
     def __getitem__(self, key: str) -> Any:
         """Mapping access to summary() ("overall", "tasks"; "per_task" is an alias of "tasks")."""
@@ -180,20 +184,23 @@ class GenEvalResults:
 
 def summarize(records: Sequence[dict]) -> GenEvalResults:
     """summary_scores.py: tasks in order of first appearance, each the mean of its images'
-    correctness; overall the unweighted mean over tasks; a prompt is correct if any image is."""
+    correctness; overall the unweighted mean over tasks; a prompt is correct if any image is.
+    clutter_rate: over the records that carry "details" (the official results rows do), the
+    fraction `cluttered` by their kept detections and metadata; None when none carries them."""
     by_task: dict[str, list[bool]] = {}
     by_prompt: dict[str, list[bool]] = {}
     for r in records:
         by_task.setdefault(r["tag"], []).append(bool(r["correct"]))
         by_prompt.setdefault(r["metadata"], []).append(bool(r["correct"]))
     task_scores = {tag: float(np.mean(v)) for tag, v in by_task.items()}
+    clutter = [cluttered(json.loads(r["details"]), json.loads(r["metadata"])) for r in records if "details" in r]
     return GenEvalResults(
         records=list(records), task_scores=task_scores,
         task_counts={tag: (int(sum(v)), len(v)) for tag, v in by_task.items()},
         overall=float(np.mean(list(task_scores.values()))) if task_scores else 0.0,
         image_accuracy=float(np.mean([r["correct"] for r in records])) if records else 0.0,
         prompt_accuracy=float(np.mean([any(v) for v in by_prompt.values()])) if by_prompt else 0.0,
-        num_prompts=len(by_prompt))
+        num_prompts=len(by_prompt), clutter_rate=float(np.mean(clutter)) if clutter else None)
 
 
 def split_summaries(records: Sequence[dict], seen_texts: set[str] | None = None) -> dict[str, Any]:

@@ -7,7 +7,7 @@ of REFERENCE.md "Prefix-tuning GRPO". Folder layout, results files and summary: 
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence, Sized
 
 import numpy as np
 
@@ -103,6 +103,19 @@ def check_clauses(image: np.ndarray, detected: dict[str, list[dict]], metadata: 
             correct = False
             reasons.append(f"expected {req['class']}<{req['count']}, found {len(found)}")
     return correct, "\n".join(reasons)
+
+
+def cluttered(detected: Mapping[str, Sized], metadata: dict) -> bool:
+    """True when the detector finds an object the prompt does not ask for (the clutter rate's
+    per-image verdict, issue 13's drift measure; not a GenEval rule): a kept detection of a class
+    no include clause names, or more kept detections of a class than its include clauses' counts
+    add up to (two clauses of one class, "a red cube and a blue cube", ask for 2). `detected`:
+    class -> kept detections (`filter_detections`, the tag's threshold, or `details_of`'s lists),
+    so clutter is judged on the detections GenEval judges; a missing object is not clutter."""
+    wanted: dict[str, int] = {}
+    for req in metadata.get("include", []):
+        wanted[req["class"]] = wanted.get(req["class"], 0) + int(req["count"])
+    return any(len(dets) > wanted.get(name, 0) for name, dets in detected.items())
 
 
 def details_of(detected: dict[str, list[dict]]) -> dict[str, list[list[float]]]:

@@ -11,7 +11,7 @@ from shapes.prompts import geneval_prompts, scene_for_prompt
 from shapes.render import render
 from evaluation.clip_color import ClipColorClassifier, GENEVAL_COLORS, masked_crop
 from evaluation.detectors import load_color_classifier, load_detector
-from evaluation.geneval import (GenEvalResults, evaluate_image, filter_detections, geneval_reward, load_metadata,
+from evaluation.geneval import (GenEvalResults, cluttered, evaluate_image, filter_detections, geneval_reward, load_metadata,
                                 relative_position, render_ground_truth_layout, score_geneval, summarize,
                                 write_geneval_layout)
 from shapes.oracle import OracleDetector
@@ -225,6 +225,32 @@ def test_summary_is_unweighted_mean_over_tasks():
     assert results.image_accuracy == pytest.approx(4 / 6)
     assert results.prompt_accuracy == pytest.approx(2 / 3)   # prompts a, b correct (any image), c not
     assert "Overall score (avg. over tasks): 0.62500" in results.summary_text()
+
+
+def test_clutter_is_an_object_the_prompt_did_not_ask_for():
+    """Clutter rate (issue 13's drift measure): an image is cluttered when its kept detections hold
+    a class no include clause names or more of a class than the clauses' counts add up to."""
+    one = {"tag": "single_object", "include": [{"class": "cube", "count": 1}]}
+    two_cubes = {"tag": "color_attr", "include": [{"class": "cube", "count": 1, "color": "red"},
+                                                  {"class": "cube", "count": 1, "color": "blue"}]}
+    three = {"tag": "counting", "include": [{"class": "cat", "count": 3}], "exclude": [{"class": "cat", "count": 4}]}
+    kept = lambda meta, dets: json.loads(json.dumps(judge(meta, dets)[2]))  # noqa: E731  the results row's details
+    assert not cluttered(kept(one, [det("cube")]), one)
+    assert not cluttered(kept(one, []), one)                                  # missing is not clutter
+    assert cluttered(kept(one, [det("cube"), det("cube", box=(50, 50, 60, 60))]), one)
+    assert cluttered(kept(one, [det("cube"), det("sphere")]), one)             # a class not named
+    assert not cluttered(kept(one, [det("cube"), det("sphere", 0.3)]), one)    # below GenEval's threshold
+    assert not cluttered(kept(two_cubes, [det("cube"), det("cube", color="blue")]), two_cubes)
+    assert cluttered(kept(two_cubes, [det("cube")] * 3), two_cubes)
+    assert not cluttered(kept(three, [det("cat")] * 3 + [det("cat", 0.8)]), three)  # counting keeps > 0.9 only
+    assert cluttered(kept(three, [det("cat")] * 4), three)
+    # the summary's rate over the records that carry details; None without any
+    rows = [(one, [det("cube")]), (one, [det("cube"), det("sphere")]), (three, [det("cat")] * 4),
+            (two_cubes, [det("cube")] * 2)]
+    records = [{"tag": m["tag"], "correct": False, "metadata": json.dumps(m), "details": json.dumps(judge(m, d)[2])}
+               for m, d in rows]
+    assert summarize(records).summary()["clutter_rate"] == pytest.approx(0.5)
+    assert summarize([{k: v for k, v in r.items() if k != "details"} for r in records]).clutter_rate is None
 
 
 # ----------------------------------------------------------------------------- official file

@@ -268,6 +268,78 @@ def test_teacher_forced_logprobs_equal_the_samplers_and_prefix_gradient(ckpts):
     assert (logits.grad[fine] == 0).all() and (logits.grad[~fine] != 0).any()
 
 
+GUIDED = {"guidance": 3.0, "temperature": [1.0, 0.8], "top_k": 20, "top_p": 0.9}
+
+
+def test_cfg_rule_none_refuses_guidance_and_unknown_rules_are_named(ckpts):
+    with pytest.raises(ValueError, match="guidance=3.0 with cfg_rule 'none'.*cfg_rule: guided"):
+        _module(ckpts, sampling=GUIDED)
+    with pytest.raises(ValueError, match="cfg_rule='cfg'"):
+        _module(ckpts, sampling=GUIDED, cfg_rule="cfg")
+
+
+@pytest.mark.parametrize("schedule", ["constant", "linear"])
+def test_guided_rule_logprobs_are_the_samplers_and_the_ratio_is_one(ckpts, schedule):
+    """cfg_rule "guided": rollouts with CFG; the loss's log-probs (one teacher-forced pass over the
+    conditional and the condition-dropped rows, combined per scale) equal the log-probs of the
+    sampler's own step on its KV-cached logits, so the ratio is exactly 1 before the first update;
+    the guided logits are (1+t_s)·cond − t_s·uncond of the two passes run apart, and the gradient
+    reaches the unconditional pass on every guided scale."""
+    from modules.ar import tasks
+    from modules.ar.decode_state import builder_for
+    from modules.common.sequence import collate
+
+    m = _module(ckpts, sampling={**GUIDED, "guidance_schedule": schedule}, cfg_rule="guided", prefix_scales=None)
+    K = m.schedule.num_scales
+    t = [m.sampling.guidance_at(s, K) for s in range(K)]
+    assert m.guidance_K.tolist() == pytest.approx(t) and max(t) == 3.0
+    ro = m.rollout(PROMPTS, 4, seed=3)
+    assert ro["record"][-1].shape[0] == 16  # the sampler ran the unconditional rows: CFG was on
+    tok = m.sequences(ro["captions"], ro["codes"])
+    assert tok.ids.shape[0] == 16
+    logits, idx = m.image_logits(m.model, tok)
+    lp = m.token_logprobs(logits, idx, truncated=True)
+    assert len(lp) == 8 * m.schedule.token_count and torch.isfinite(lp).all()
+    assert torch.allclose(lp, m.sampler_logprobs(ro["record"], ro["codes"]), atol=1e-4)
+    # without the unconditional pass the log-probs are not the sampler's (guidance matters here)
+    cond, _ = m.pass_logits(m.model, m.sequences(ro["captions"], ro["codes"], guided=False))
+    assert (m.token_logprobs(cond, idx, truncated=True) - lp).abs().max() > 1e-2
+    # the guided logits are the sampler's combine of the two passes run apart
+    V, b = m.model.config.vocab, builder_for(m.model)
+    drop = collate([b.build(tasks.t2i(V, c, m.schedule, cd), drop_cond=True)
+                    for c, cd in zip(ro["captions"], ro["codes"])], pad_id=V.pad)
+    uncond, uidx = m.pass_logits(m.model, drop)
+    assert torch.equal(uidx["target"], idx["target"]) and torch.equal(uidx["scale"], idx["scale"])
+    t_N1 = torch.tensor(t)[idx["scale"]][:, None]
+    assert torch.allclose(logits, (1 + t_N1) * cond - t_N1 * uncond, atol=1e-4)
+    # ratio exactly 1 at the first inner step; gradient through the unconditional logits
+    cond, uncond = cond.detach().requires_grad_(), uncond.detach().requires_grad_()
+    g_lp = m.token_logprobs(m.guide(cond, uncond, idx["scale"]), idx, truncated=True)
+    adv = torch.randn(8)[idx["sample"]]
+    out = grpo_loss(g_lp, g_lp.detach(), g_lp, g_lp.detach(), adv, idx["sample"], idx["scale"],
+                    torch.ones_like(adv, dtype=bool), prefix_scales=None, beta=0.0, num_scales=K)
+    assert out["ratio"].item() == 1.0 and out["clip_frac"].item() == 0.0
+    out["loss"].backward()
+    for s in range(K):
+        at = idx["scale"] == s
+        assert (uncond.grad[at] != 0).any() == (t[s] != 0), (s, t[s])
+        assert (cond.grad[at] != 0).any()
+
+
+def test_guided_rule_trains_on_policy(ckpts):
+    """A guided training step (one update per rollout batch) logs ratio 1, no clipping and the
+    sampler's own log-probs."""
+    log = Rewards()
+    m = _module(ckpts, sampling={**GUIDED, "guidance_schedule": "constant"}, cfg_rule="guided", inner_steps=1)
+    before = {k: v.clone() for k, v in m.model.state_dict().items()}
+    _fit(m, 2, callbacks=[log])
+    assert len(log.rows) == 2
+    for row in log.rows:
+        assert row["train/ratio"] == 1.0 and row["train/clip_frac"] == 0.0
+        assert row["train/sampler_logp_gap"] < 1e-3
+    assert any(not torch.equal(v, before[k]) for k, v in m.model.state_dict().items())
+
+
 def _fit(module, steps, tmp_path=None, **trainer_kw):
     from datamodules.prompts import PromptDataModule
 
@@ -421,3 +493,64 @@ def test_validate_cli_loads_the_rl_policy_with_the_ar_config(ckpts, cli_fit, tmp
     assert code == 0 and seen
     assert seen[0].keys() == policy.keys()
     assert all(torch.equal(seen[0][k], v) for k, v in policy.items())
+
+
+# ----------------------------------------------------------------------------- the rl_prefix sweep
+def _rl_prefix_sweep():
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    return root, yaml.safe_load((root / "configs/sweeps/rl_prefix.yaml").read_text())
+
+
+def test_rl_prefix_sweep_points_mean_what_fit_would_run():
+    """configs/sweeps/rl_prefix.yaml, each point parsed as `main.py fit` parses it: PG on scales
+    1..2, 1..4 and all, the KL on all scales everywhere, the same wall-clock limit, no CFG rule."""
+    from commands.lightning_cli import parse_config
+    from commands.sweep import expand_points, load_base, point_args
+
+    root, sweep = _rl_prefix_sweep()
+    base = [str(root / b) for b in sweep["base"]]
+    config = load_base(base)
+    got = {}
+    for name, overrides in expand_points(sweep.get("grid"), sweep.get("list")):
+        parsed = parse_config(["fit", *point_args(base, {**sweep["fixed"], **overrides}, config, None)])
+        args = parsed["model"]["init_args"]
+        assert parsed["trainer"]["max_time"] == {"minutes": 6} and parsed["trainer"]["max_steps"] == 100000, name
+        got[name] = (args["prefix_scales"], args["kl_scales"], args["cfg_rule"], args["sampling"]["guidance"])
+    assert got == {"000_prefix_2": (2, "all", "none", 0.0), "001_prefix_4": (4, "all", "none", 0.0),
+                   "002_all_scales": (None, "all", "none", 0.0)}
+
+
+@pytest.mark.slow
+def test_rl_prefix_sweep_runs_toy_sized(ckpts, tmp_path, monkeypatch):
+    """`main.py sweep` on the shipped rl_prefix points, shrunk (tiny policy, 16 px, one step each):
+    every point finishes and logs the per-scale KL the drift measure reads."""
+    import json
+
+    import yaml
+
+    import main
+
+    root, sweep = _rl_prefix_sweep()
+    toy = {"model.init_args.policy_ckpt": str(ckpts / "ar.ckpt"), "model.init_args.image_size": 16,
+           "model.init_args.group_size": 2, "model.init_args.inner_steps": 1, "data.init_args.batch_size": 2,
+           "data.init_args.dpg_items": 2, "data.init_args.val_prompts": 0,
+           "data.init_args.exclude_prompts": [str(root / "configs/prompts/geneval_shapes.jsonl")],
+           "trainer.max_steps": 1, "trainer.limit_val_batches": 0, "trainer.val_check_interval": None,
+           "trainer.accelerator": "cpu"}
+    small = {**sweep, "base": [str(root / b) for b in sweep["base"]], "fixed": {**sweep["fixed"], **toy},
+             "out_dir": str(tmp_path / "out")}
+    path = tmp_path / "rl_prefix_toy.yaml"
+    path.write_text(yaml.safe_dump(small))
+    monkeypatch.chdir(tmp_path)
+    assert main.main(["sweep", "--config", str(path)]) == 0
+    points = json.loads((tmp_path / "out" / "sweep.json").read_text())["points"]
+    assert [p["name"] for p in points] == ["000_prefix_2", "001_prefix_4", "002_all_scales"]
+    for p in points:
+        assert p["status"] == "done", p.get("error")
+        csv = p["metrics"]["csv"]
+        assert {"train/kl", "train/kl_scale_00", "train/kl_scale_01", "train/reward"} <= set(csv), p["name"]
+        assert (tmp_path / "out" / p["dir"] / "last.ckpt").is_file()

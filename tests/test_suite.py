@@ -46,6 +46,7 @@ def test_ground_truth_images_score_near_perfect(perfect):
     assert scores["dpg/score"] >= 95.0
     assert scores["editcanvas/overall"] >= 9.0
     assert scores["understanding/overall"] >= 0.95
+    assert scores["geneval/clutter_rate"] == 0.0  # the scenes hold exactly the objects asked for
     assert set(metrics["geneval"]["tasks"]) == {"single_object", "two_object", "counting", "colors",
                                                  "position", "color_attr"}
 

@@ -12,11 +12,19 @@ Each training step, for a batch of P prompts (datamodules/prompts.py):
   5. PPO-clip loss on the first `prefix_scales` scales + β·k3 KL, `inner_steps` updates.
 
 On-policy by construction: the loss's log-probs use the sampler's distribution (same per-scale
-temperature, same top-k / top-p truncation renormalised). CFG rule: no CFG in rollouts (the
-sampling config must have guidance 0; REFERENCE.md reports collapse with CFG in rollouts, and VAR's
-ramp gives the coarse prefix almost no guidance anyway). The KL uses the untruncated
-temperature-scaled distributions of both models (a truncated reference can give the sampled code
-probability 0, an infinite KL).
+temperature, same top-k / top-p truncation renormalised). The CFG rule is stated (`cfg_rule`):
+  "none": no CFG in rollouts (the sampling config must have guidance 0; REFERENCE.md reports
+      collapse with CFG in rollouts, and VAR's ramp gives the coarse prefix almost no guidance);
+  "guided": rollouts sample with the configured guidance and schedule, and the loss is on the
+      guided logits: the teacher-forced pass runs each sampled sequence twice, with its caption
+      and with the condition dropped (the sampler's unconditional rows, `drop_cond=True`, the way
+      ARModule's cond_dropout trains them), and combines them per scale as the sampler does
+      (VAR: (1+t_s)·cond − t_s·uncond, t_s from `SamplingConfig.guidance_at`) before
+      temperature and log-softmax, for the policy, the pre-update policy and the reference.
+      Gradients flow through both passes (shared weights). The evaluation scores with CFG; this
+      rule optimises the distribution it scores.
+The KL uses the untruncated temperature-scaled distributions of both models (a truncated
+reference can give the sampled code probability 0, an infinite KL).
 
 Checkpoints: only the policy is saved (`model.*`, the ARModule layout) with the ARModule keys and the
 sampler-checkpoint metadata, so `generate`/`sweep` (modules.ar.sampler.load_generator) and
@@ -36,7 +44,7 @@ import torch
 
 from modules.ar import tasks
 from modules.ar.decode_state import builder_for
-from modules.ar.sampler import SamplingConfig, generate_images, load_generator
+from modules.ar.sampler import SamplingConfig, generate_images, load_generator, truncated_logits
 from modules.common.images import to_uint8
 from modules.common.scale_schedule import ScaleSchedule
 from modules.common.sequence import IGNORE, Tokens, collate
@@ -106,7 +114,10 @@ class GRPOModule(pl.LightningModule):
         kl_scales: KL on the "prefix" scales or on "all". beta: KL weight. clip_range: PPO ε.
         loss_norm: "scale" (each scale's summed loss / its token count, averaged over scales) or
             "token" (token mean). inner_steps: updates per rollout batch (the ratio is 1 at the first).
-        image_size: rollout resolution (square). sampling: SamplingConfig keys; guidance must be 0.
+        image_size: rollout resolution (square). sampling: SamplingConfig keys (guidance only
+            under cfg_rule "guided").
+        cfg_rule: "none" (rollouts without CFG; sampling.guidance must be 0) or "guided" (rollouts
+            with sampling.guidance / guidance_schedule, the loss on the guided logits).
         stall_steps: stop with an error after this many consecutive steps whose rewards are all 0
             or whose groups all have zero variance (no learning signal).
     """
@@ -117,7 +128,8 @@ class GRPOModule(pl.LightningModule):
                  loss_norm: Literal["scale", "token"] = "scale", inner_steps: int = 1, adv_eps: float = 1e-4,
                  image_size: int = 64, sampling: dict[str, Any] | None = None, val_group_size: int = 2,
                  lr: float = 1e-5, weight_decay: float = 0.05, betas: tuple[float, float] = (0.9, 0.95),
-                 grad_clip: float = 1.0, stall_steps: int = 20, seed: int = 0):
+                 grad_clip: float = 1.0, stall_steps: int = 20, seed: int = 0,
+                 cfg_rule: Literal["none", "guided"] = "none"):
         super().__init__()
         self.save_hyperparameters()
         if not policy_ckpt:
@@ -128,9 +140,13 @@ class GRPOModule(pl.LightningModule):
         if inner_steps < 1:
             raise ValueError(f"inner_steps must be >= 1, got {inner_steps}")
         self.sampling = SamplingConfig.from_dict(sampling)
-        if self.sampling.guidance != 0:
-            raise ValueError(f"sampling.guidance={self.sampling.guidance}: GRPOModule samples rollouts without CFG "
-                             "(the loss would otherwise be off-policy); set guidance: 0")
+        if cfg_rule not in ("none", "guided"):
+            raise ValueError(f"cfg_rule={cfg_rule!r}: choose 'none' (rollouts without CFG) or 'guided' (rollouts "
+                             "with sampling.guidance, the loss on the guided logits)")
+        if cfg_rule == "none" and self.sampling.guidance != 0:
+            raise ValueError(f"sampling.guidance={self.sampling.guidance} with cfg_rule 'none': rollouts are sampled "
+                             "without CFG (the loss would otherwise be off-policy); set guidance: 0, or "
+                             "cfg_rule: guided to sample with CFG and put the loss on the guided logits")
         self.automatic_optimization = False
         self.model, meta = load_generator(policy_ckpt, tokenizer_ckpt=tokenizer_ckpt)
         self.model.train()
@@ -147,6 +163,11 @@ class GRPOModule(pl.LightningModule):
         self.text_tokenizer = build_text_tokenizer(meta.get("text_tokenizer") or "bytes",
                                                    meta.get("text_tokenizer_path"), self.model.config.text_vocab_size)
         self.schedule = ScaleSchedule.for_image(image_size, image_size, tok.patch)
+        K = self.schedule.num_scales
+        # t_s per scale under "guided"; None when no scale is guided (the teacher-forced pass is then
+        # the conditional one alone, exactly the "none" rule)
+        ts = [self.sampling.guidance_at(s, K) for s in range(K)]
+        self.guidance_K = torch.tensor(ts) if cfg_rule == "guided" and any(t != 0 for t in ts) else None
         self.reward = WeightedReward(reward if reward is not None else DEFAULT_REWARD)
         # read by callbacks.evaluation.BenchmarkCallback, like ARModule's
         self.trained_scale_counts = dict(meta.get("trained_scale_counts") or {})
@@ -191,44 +212,78 @@ class GRPOModule(pl.LightningModule):
                 "rewards": torch.as_tensor(scored["reward"], dtype=torch.float32, device=self.device)}
 
     def sampler_logprobs(self, record: list[torch.Tensor], codes: list[list[torch.Tensor]]) -> torch.Tensor | None:
-        """Log-prob of every sampled code under the logits the sampler drew it from (the
-        generator's `record`: one entry per forward, the last K are the scales; token order
-        sample-major, scale, row-major as in the sequences). None when the record does not have
-        that layout. The on-policy check: the teacher-forced log-probs must equal these."""
-        K, V = self.schedule.num_scales, self.model.config.vocab
+        """Log-prob of every sampled code under the distribution the sampler drew it from: the
+        generator's `record` (one entry per forward, the last K are the scales; rows: the n
+        conditional ones, then the n unconditional ones while a later scale is guided) through the
+        sampler's own step (`modules.ar.sampler.truncated_logits`: CFG combine, visual codes,
+        temperature, top-k, top-p); token order sample-major, scale, row-major as in the
+        sequences. None when the record does not have that layout. The on-policy check: the
+        teacher-forced log-probs must equal these."""
+        K, V, n = self.schedule.num_scales, self.model.config.vocab, len(codes)
         if len(record) < K:
             return None
-        per_sample = []
-        for b in range(len(codes)):
-            parts = []
-            for s, logits in enumerate(record[-K:]):
-                if logits.shape[:2] != (len(codes), self.schedule.areas[s]):
-                    return None
-                st = self.sampling.step(s, K)
-                tgt = codes[b][s].reshape(-1).to(logits.device)
-                lp = sampling_logprobs(logits[b, :, V.visual_offset:V.special_offset], st.temperature, st.top_k,
-                                       st.top_p, keep_N=tgt)
-                parts.append(lp.gather(-1, tgt[:, None])[:, 0])
-            per_sample.append(torch.cat(parts))
-        return torch.cat(per_sample).to(self.device)
+        allowed = V.visual_mask()
+        per_scale = []
+        for s, logits in enumerate(record[-K:]):
+            if logits.shape[0] not in (n, 2 * n) or logits.shape[1] != self.schedule.areas[s]:
+                return None
+            uncond = logits[n:] if logits.shape[0] == 2 * n else None
+            st = self.sampling.step(s, K)
+            x, offset = truncated_logits(logits[:n], st, allowed, uncond)
+            if offset != V.visual_offset or x.shape[-1] != V.special_offset - V.visual_offset:
+                return None
+            tgt = torch.stack([codes[b][s].reshape(-1).cpu() for b in range(n)])
+            per_scale.append(x.log_softmax(-1).gather(-1, tgt[..., None])[..., 0])  # (n, area_s)
+        return torch.cat(per_scale, dim=1).reshape(-1).to(self.device)
 
-    def sequences(self, captions: list[list[int]], codes: list[list[torch.Tensor]]) -> Tokens:
+    def sequences(self, captions: list[list[int]], codes: list[list[torch.Tensor]],
+                  guided: bool | None = None) -> Tokens:
         """The sampled sequences as training saw them (per-sample SequenceBuilder, t2i layout, no
-        condition dropout), collated one sample per row."""
+        condition dropout), collated one sample per row. `guided` (default: cfg_rule "guided" with
+        a guided scale) appends the same sequences with the condition dropped (`drop_cond=True`:
+        the sampler's unconditional rows, ARModule's cond_dropout): rows [0, n) conditional,
+        [n, 2n) unconditional."""
+        guided = self.guidance_K is not None if guided is None else guided
         V, b = self.model.config.vocab, builder_for(self.model)
-        samples = [b.build(tasks.t2i(V, c, self.schedule, [x.cpu() for x in cd]), drop_cond=False)
-                   for c, cd in zip(captions, codes)]
+        drops = (False, True) if guided else (False,)
+        samples = [b.build(tasks.t2i(V, c, self.schedule, [x.cpu() for x in cd]), drop_cond=d)
+                   for d in drops for c, cd in zip(captions, codes)]
         return collate(samples, pad_id=V.pad).to(self.device)
 
-    def image_logits(self, model, tok: Tokens) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def pass_logits(self, model, tok: Tokens) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One teacher-forced block-causal pass: visual logits (N, codebook) at every image token
-        that predicts a code, and per token its target code, sample (row) and scale (0-based)."""
+        that predicts a code, and per token its target code, sample (row) and scale (0-based);
+        tokens in row order, each row's in sequence order."""
         V = self.model.config.vocab
         sel = (tok.scale >= 0) & (tok.scale < self.schedule.num_scales) & (tok.target != IGNORE)
         h = model(**tok.model_inputs(), mask=tok.mask(), return_hidden=True)[sel]
         logits = h.float() @ model.head_weight()[V.visual_offset:V.special_offset].float().T
         rows = torch.arange(tok.ids.shape[0], device=tok.ids.device)[:, None].expand_as(tok.ids)
         return logits, {"target": tok.target[sel] - V.visual_offset, "sample": rows[sel], "scale": tok.scale[sel]}
+
+    def guide(self, cond_NV: torch.Tensor, uncond_NV: torch.Tensor, scale_N: torch.Tensor) -> torch.Tensor:
+        """The sampler's CFG combine per token (VAR; `modules.ar.sampler.truncated_logits`):
+        (1+t_s)·cond − t_s·uncond with the schedule's t_s of each token's scale; differentiable
+        in both."""
+        t_N1 = self.guidance_K.to(cond_NV.device)[scale_N][:, None]
+        return (1 + t_N1) * cond_NV - t_N1 * uncond_NV
+
+    def image_logits(self, model, tok: Tokens) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The logits the loss uses at every sampled image token (`pass_logits`); under the guided
+        rule, `tok` holds the conditional then the unconditional rows (`sequences`), both run in
+        one batch through `model` and are combined by `guide`. Returns (logits (N, codebook), the
+        conditional tokens' target / sample / scale)."""
+        logits, idx = self.pass_logits(model, tok)
+        if self.guidance_K is None:
+            return logits, idx
+        n_rows, N = tok.ids.shape[0] // 2, logits.shape[0] // 2
+        cond, uncond = logits[:N], logits[N:]
+        if not (bool((idx["sample"][:N] < n_rows).all()) and torch.equal(idx["sample"][N:] - n_rows, idx["sample"][:N])
+                and torch.equal(idx["scale"][N:], idx["scale"][:N]) and torch.equal(idx["target"][N:], idx["target"][:N])):
+            raise RuntimeError("guided teacher-forced pass: the unconditional rows' image tokens do not line up "
+                               "with the conditional rows' (expected rows [0, n) cond, [n, 2n) uncond)")
+        idx = {k: v[:N] for k, v in idx.items()}
+        return self.guide(cond, uncond, idx["scale"]), idx
 
     def token_logprobs(self, logits_NV: torch.Tensor, idx: dict, truncated: bool) -> torch.Tensor:
         """Log-prob of each token's sampled code, per scale under that scale's sampling settings;
