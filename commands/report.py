@@ -274,6 +274,10 @@ def _global_step(ckpt: Optional[str]) -> Optional[int]:
     return int(torch.load(ckpt, map_location="cpu", mmap=True, weights_only=True).get("global_step", -1))
 
 
+def _clip(text: str, n: int) -> str:
+    return text if len(text) <= n else text[:n - 1] + "…"
+
+
 def _unscored_reason(metrics: Optional[dict], bench: str, key: str) -> str:
     """Why a suite's metrics.json holds no `key` (the report's "—")."""
     if metrics is None:
@@ -364,7 +368,7 @@ def unified_sections(root: Path, files: Path) -> list[Section]:
     stories = uni_dir / "interleaved" / "interleaved.json"
     if stories.is_file():
         records = json.loads(stories.read_text()).get("records") or []
-        story_rows = [[r.get("caption", ""), r.get("text") or "(no text)",
+        story_rows = [[r.get("caption", ""), _clip(r.get("text") or "(no text)", 160),
                        f"{sum(bool(e.get('holds')) for e in r.get('events', []))}/{len(r.get('events', []))}",
                        "no frame" if r.get("no_image") else f"{r.get('persistence_hits')}/{r.get('persistence_total')}"]
                       for r in records[:4]]
@@ -380,6 +384,11 @@ def unified_sections(root: Path, files: Path) -> list[Section]:
 # ----------------------------------------------------------------------------- rendering
 def section_id(heading: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", heading.lower()).strip("-")
+
+
+def md_cell(value: Any) -> str:
+    """A table cell's text that cannot end its row or cell early (a model's text may hold '|' or newlines)."""
+    return re.sub(r"\s+", " ", rp.fmt(value)).replace("|", "\\|")
 
 
 def to_markdown(title: str, sections, root: Path) -> str:
@@ -400,7 +409,7 @@ def to_markdown(title: str, sections, root: Path) -> str:
                 if caption:
                     lines += [f"**{caption}**", ""]
                 lines += ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
-                lines += ["| " + " | ".join(rp.fmt(v) for v in row) + " |" for row in rows] + [""]
+                lines += ["| " + " | ".join(md_cell(v) for v in row) + " |" for row in rows] + [""]
     return "\n".join(lines)
 
 

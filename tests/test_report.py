@@ -305,7 +305,9 @@ def make_unified_quickstart(root, unified_done):
         {"caption": "A red circle and a blue square.", "text": "The red circle moves left.",
          "events": [{"event": "move", "holds": True}], "persistence_hits": 2, "persistence_total": 2},
         {"caption": "A green star.", "text": "", "events": [], "persistence_hits": 0, "persistence_total": 1,
-         "no_image": True}]}))
+         "no_image": True},
+        {"caption": "A blue cross.", "text": "x|y\nz" + "w" * 300, "events": [{"event": "unparsed"}],
+         "persistence_hits": 0, "persistence_total": 1}]}))
     (root / "unified" / "fit").mkdir(parents=True)
     torch.save({"global_step": 2}, root / "unified" / "fit" / "last.ckpt")
     (root / "unified" / "fit" / "overlay.yaml").write_text(
@@ -339,6 +341,7 @@ def test_unified_section_shows_every_task_the_ratio_and_the_story_strip(tmp_path
     assert "train64: 0.35, edit: 0.2" in md
     assert "| A red circle and a blue square. | The red circle moves left. | 1/1 | 2/2 |" in md
     assert "| A green star. | (no text) | 0/0 | no frame |" in md
+    assert f"| A blue cross. | x\\|y z{'w' * 154}… | 0/1 | 0/1 |" in md   # a model's '|' and newline stay in the cell
     assert "![generated stories (unified model)](report_files/unified_story_strip.png)" in md
     with Image.open(root / "out" / "report_files" / "unified_story_strip.png") as im:
         assert im.size == (80, 40)
