@@ -11,7 +11,9 @@ in training vs held out (when the suite split them), the settings the scores wer
 never trained), and the detailed per-benchmark tables. Baselines are suite folders in the same
 layout (`--baselines '[untrained=runs/x/validate_untrained, random_scenes=...]'`, a bare path is
 named by its folder). For a sweep (sweep.json from `main.py sweep`): one comparison table across
-points, bar plots and overlaid loss curves, then each finished point's own sections. Figures land
+points, bar plots and overlaid loss curves, then each finished point's own sections. When the
+quickstart under --curves ran its `unified` stage, a section sets every task's score of the unified
+model beside the T2I-only one, with a strip of generated stories (`unified_sections`). Figures land
 in <out>/report_files/ and both pages link them relatively. Layout of a run directory:
 evaluation/reporting.py.
 """
@@ -239,9 +241,154 @@ def refiner_sections(root: Path, files: Path) -> list[Section]:
     return [("Diffusion refiner", blocks)]
 
 
+# every task's score, the unified model vs the T2I-only one: (row, headline key, benchmark, issue 15's target)
+UNIFIED_ROWS = (("GenEval overall", "geneval/overall", "geneval", ""),
+                ("GenEval, prompts seen in training", "geneval/seen/overall", "geneval", ""),
+                ("GenEval, unseen prompts", "geneval/unseen/overall", "geneval", ""),
+                ("DPG", "dpg/score", "dpg", ""),
+                ("EditCanvas overall (oracle judge, 0-10)", "editcanvas/overall", "editcanvas", ">= 4"),
+                ("understanding exact match", "understanding/overall", "understanding", ">= 0.6"),
+                ("interleaved event accuracy", "interleaved/event_accuracy", "interleaved", ">= 0.5"),
+                ("interleaved object persistence", "interleaved/object_persistence", "interleaved", ">= 0.7"))
+SUITE_SIZE_FIELDS = {"geneval": "geneval_limit", "dpg": "dpg_prompts", "editcanvas": "editcanvas_per_task",
+                     "understanding": "understanding_scenes", "interleaved": "interleaved_videos"}
+
+
+def _done(stage_dir: Path) -> Optional[dict]:
+    """A quickstart stage's DONE.json (what its quickstart.json record holds; quickstart.json itself is
+    written after the report stage), or None when the stage did not finish."""
+    path = stage_dir / "DONE.json"
+    try:
+        data = json.loads(path.read_text()) if path.is_file() else None
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _global_step(ckpt: Optional[str]) -> Optional[int]:
+    """The optimizer steps a Lightning checkpoint was saved at (its "global_step"); None without one."""
+    if not ckpt or not Path(ckpt).is_file():
+        return None
+    import torch
+
+    return int(torch.load(ckpt, map_location="cpu", mmap=True, weights_only=True).get("global_step", -1))
+
+
+def _clip(text: str, n: int) -> str:
+    return text if len(text) <= n else text[:n - 1] + "…"
+
+
+def _unscored_reason(metrics: Optional[dict], bench: str, key: str) -> str:
+    """Why a suite's metrics.json holds no `key` (the report's "—")."""
+    if metrics is None:
+        return "no suite found"
+    section = metrics.get(bench)
+    field = SUITE_SIZE_FIELDS[bench]
+    if not isinstance(section, dict):
+        size = (metrics.get("suite") or {}).get(field)
+        return f"its suite did not run {bench} (suite.{field} = {size})" if size is not None else f"no {bench} scores"
+    if "skipped" in section:
+        return f"{bench} skipped: {section['skipped']}"
+    if key == "interleaved/event_accuracy" and not section.get("events_stated"):
+        return "no generated transition stated an event (events_stated = 0)"
+    if key.startswith("geneval/") and key.count("/") == 2:
+        return "the suite did not split prompts into seen / unseen (no train_captions)"
+    return f"{key} not recorded"
+
+
+def unified_sections(root: Path, files: Path) -> list[Section]:
+    """"Unified model (every task)" (issue 15): when the quickstart under `root` ran its `unified` stage
+    (<root>/unified/DONE.json, not skipped), every task's score of the unified model (AR fit on the
+    task mixture) next to the T2I-only AR model of the same quickstart (<root>/validate, trained by
+    <root>/ar_fit), "—" with the reason where a model was not scored; the ratio unified / T2I-only
+    GenEval with both models' optimizer steps (read from their checkpoints); the suite's strip of
+    generated stories (interleaved/strip.png: the held-out video's first caption and frame, then the
+    model's transition text and frame) with the full texts and their oracle verdicts."""
+    import shutil
+
+    unified = _done(root / "unified")
+    if unified is None or "skipped" in unified or not unified.get("run_dir"):
+        return []
+    uni_dir = Path(unified["run_dir"])
+    t2i_done = _done(root / "validate")
+    t2i_dir = Path(t2i_done["run_dir"]) if t2i_done and t2i_done.get("run_dir") else root / "validate"
+    suites = {name: json.loads((d / "metrics.json").read_text()) if (d / "metrics.json").is_file() else None
+              for name, d in (("unified", uni_dir), ("T2I-only", t2i_dir))}
+    tops = {name: rp.headline(m) if m is not None else {} for name, m in suites.items()}
+    rows, reasons = [], []
+    for label, key, bench, target in UNIFIED_ROWS:
+        cells = []
+        for name, top in tops.items():
+            if key in top:
+                cells.append(top[key])
+            else:
+                cells.append("—")
+                reasons.append(f"{name}, {label}: {_unscored_reason(suites[name], bench, key)}.")
+        rows.append([label, *cells, target])
+    ar_fit = _done(root / "ar_fit") or {}
+    steps = {"unified": _global_step(unified.get("checkpoint")), "T2I-only": _global_step(ar_fit.get("checkpoint"))}
+    step_text = {n: f"{s} steps" if s is not None else "steps unknown (no checkpoint)" for n, s in steps.items()}
+    blocks: list[Block] = [
+        ("text", f"The unified model (stage unified, configs/experiment/ar_shapes_unified.yaml: one AR model fit on "
+                 f"the task mixture, {step_text['unified']}) next to the T2I-only AR model of the same quickstart "
+                 f"(stage ar_fit, text-to-image only, {step_text['T2I-only']}), both scored by the suite. The "
+                 f"T2I-only model never trained on editing, understanding or stories: its scores there are "
+                 f"those of an untrained task."),
+        ("table", "every task's score (targets: issue 15)", ["task", "unified", "T2I-only", "target"], rows)]
+    mixture = (root / "unified" / "fit" / "overlay.yaml")
+    if mixture.is_file():
+        import yaml
+
+        parts = ((yaml.safe_load(mixture.read_text()) or {}).get("data", {}).get("init_args", {}).get("mixture") or [])
+        if parts:
+            blocks.append(("text", "Unified training mixture (source folder: sampling weight): " + ", ".join(
+                f"{Path(p['train_dir']).name}: {p.get('weight')}" for p in parts) + "."))
+    if reasons:
+        blocks.append(("text", "Not scored (—): " + " ".join(reasons)))
+    uni_g, t2i_g = tops["unified"].get("geneval/overall"), tops["T2I-only"].get("geneval/overall")
+    if uni_g is None or t2i_g is None:
+        blocks.append(("text", "Unified / T2I-only GenEval: not computed (a model has no GenEval overall)."))
+    elif t2i_g == 0:
+        blocks.append(("text", f"Unified / T2I-only GenEval: not computed (T2I-only GenEval is 0; unified {uni_g:.4g})."))
+    else:
+        equal = steps["unified"] is not None and steps["unified"] == steps["T2I-only"]
+        blocks.append(("text", f"Unified / T2I-only GenEval overall: {uni_g / t2i_g:.3f} (target >= 0.8 at equal "
+                               f"steps; unified {step_text['unified']}, T2I-only {step_text['T2I-only']})."))
+        if not equal:
+            blocks.append(("warning", f"not at equal steps (unified {step_text['unified']}, T2I-only "
+                                      f"{step_text['T2I-only']}): the ratio is not issue 15's comparison; run "
+                                      f"the quickstart with --unified_steps equal to the AR stage's steps."))
+    strip = uni_dir / "interleaved" / "strip.png"
+    if strip.is_file():
+        dest = files / "unified_story_strip.png"
+        shutil.copyfile(strip, dest)
+        blocks.append(("image", "generated stories (unified model)", dest,
+                       "per row a held-out world video: its first frame under its opening caption, then the frame "
+                       "the model drew under the transition text it wrote (texts cut to 40 characters; full below)"))
+    stories = uni_dir / "interleaved" / "interleaved.json"
+    if stories.is_file():
+        records = json.loads(stories.read_text()).get("records") or []
+        story_rows = [[r.get("caption", ""), _clip(r.get("text") or "(no text)", 160),
+                       f"{sum(bool(e.get('holds')) for e in r.get('events', []))}/{len(r.get('events', []))}",
+                       "no frame" if r.get("no_image") else f"{r.get('persistence_hits')}/{r.get('persistence_total')}"]
+                      for r in records[:4]]
+        if story_rows:
+            blocks.append(("table", "the stories of the strip: texts and oracle verdicts",
+                           ["opening caption", "generated transition", "events that hold", "objects kept"],
+                           story_rows))
+    elif "interleaved/event_accuracy" not in tops["unified"]:
+        blocks.append(("text", f"No story strip: {uni_dir / 'interleaved'} holds no interleaved.json."))
+    return [("Unified model (every task)", blocks)]
+
+
 # ----------------------------------------------------------------------------- rendering
 def section_id(heading: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", heading.lower()).strip("-")
+
+
+def md_cell(value: Any) -> str:
+    """A table cell's text that cannot end its row or cell early (a model's text may hold '|' or newlines)."""
+    return re.sub(r"\s+", " ", rp.fmt(value)).replace("|", "\\|")
 
 
 def to_markdown(title: str, sections, root: Path) -> str:
@@ -262,7 +409,7 @@ def to_markdown(title: str, sections, root: Path) -> str:
                 if caption:
                     lines += [f"**{caption}**", ""]
                 lines += ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
-                lines += ["| " + " | ".join(rp.fmt(v) for v in row) + " |" for row in rows] + [""]
+                lines += ["| " + " | ".join(md_cell(v) for v in row) + " |" for row in rows] + [""]
     return "\n".join(lines)
 
 
@@ -380,6 +527,7 @@ def run(path: str, out: Optional[str] = None, baseline: Optional[str] = None,
             rows = [[k, float(v[-1])] for k, (_, v) in sorted(loaded["csv"].items())]
             header = ["last logged", "value"]
     sections += refiner_sections(Path(curves) if curves else root, files)
+    sections += unified_sections(Path(curves) if curves else root, files)
     env = rp.environment(root)
     sections.append(("Environment", [("table", "", ["", "value"], [[k, v] for k, v in env.items()])]))
     (out_dir / "report.md").write_text(to_markdown(title, sections, out_dir))

@@ -279,3 +279,79 @@ def test_rl_section_compares_ar_with_ar_plus_rl(quick):
         with Image.open(root / "out" / "report_files" / name) as im:
             im.verify()
     assert "images judged correct: AR 2/4, AR+RL 4/4" in md
+
+
+def make_unified_quickstart(root, unified_done):
+    """The quickstart stages the unified section reads: validate (T2I-only suite), ar_fit and unified
+    DONE.json records, checkpoints holding only global_step, the unified suite with its story strip."""
+    import torch
+
+    t2i = make_suite(root / "validate" / "benchmarks" / "validate",
+                     {**METRICS, "understanding": {"overall": 0.0},
+                      "suite": {"understanding_scenes": 8, "interleaved_videos": 0}}, edits=False)
+    (root / "validate" / "DONE.json").write_text(json.dumps({"run_dir": str(t2i)}))
+    (root / "ar_fit").mkdir(parents=True)
+    torch.save({"global_step": 6}, root / "ar_fit" / "last.ckpt")
+    (root / "ar_fit" / "DONE.json").write_text(json.dumps({"checkpoint": str(root / "ar_fit" / "last.ckpt")}))
+    uni = make_suite(root / "unified" / "benchmarks" / "validate",
+                     {"geneval": {"overall": 0.4, "seen": {"overall": 0.5}},
+                      "editcanvas": {"overall": 4.5}, "understanding": {"overall": 0.625},
+                      "interleaved": {"event_accuracy": 0.5, "object_persistence": 0.75, "events_stated": 4,
+                                      "items": 2},
+                      "suite": {"dpg_prompts": 0, "interleaved_videos": 2}}, edits=False)
+    (uni / "interleaved").mkdir()
+    Image.fromarray(np.full((40, 80, 3), 200, np.uint8)).save(uni / "interleaved" / "strip.png")
+    (uni / "interleaved" / "interleaved.json").write_text(json.dumps({"records": [
+        {"caption": "A red circle and a blue square.", "text": "The red circle moves left.",
+         "events": [{"event": "move", "holds": True}], "persistence_hits": 2, "persistence_total": 2},
+        {"caption": "A green star.", "text": "", "events": [], "persistence_hits": 0, "persistence_total": 1,
+         "no_image": True},
+        {"caption": "A blue cross.", "text": "x|y\nz" + "w" * 300, "events": [{"event": "unparsed"}],
+         "persistence_hits": 0, "persistence_total": 1}]}))
+    (root / "unified" / "fit").mkdir(parents=True)
+    torch.save({"global_step": 2}, root / "unified" / "fit" / "last.ckpt")
+    (root / "unified" / "fit" / "overlay.yaml").write_text(
+        "data:\n  init_args:\n    mixture:\n    - {train_dir: /x/pretokenize/train64, weight: 0.35}\n"
+        "    - {train_dir: /x/unified/edit, weight: 0.2}\n")
+    (root / "unified" / "DONE.json").write_text(json.dumps(
+        unified_done(checkpoint=str(root / "unified" / "fit" / "last.ckpt"), run_dir=str(uni))))
+    return t2i
+
+
+def test_unified_section_shows_every_task_the_ratio_and_the_story_strip(tmp_path):
+    root = tmp_path / "quick"
+    t2i = make_unified_quickstart(root, dict)
+    report.run(str(t2i), out=str(root / "out"), curves=str(root))
+    md = (root / "out" / "report.md").read_text()
+    assert "Unified model (every task)" in sections(md)
+    assert "| task | unified | T2I-only | target |" in md
+    assert "| GenEval overall | 0.4 | 0.5 |  |" in md
+    assert "| GenEval, prompts seen in training | 0.5 | 0.6 |  |" in md
+    assert "| GenEval, unseen prompts | — | 0.2 |  |" in md
+    assert "| DPG | — | 70 |  |" in md
+    assert "| EditCanvas overall (oracle judge, 0-10) | 4.5 | 6.5 | >= 4 |" in md
+    assert "| understanding exact match | 0.625 | 0 | >= 0.6 |" in md
+    assert "| interleaved event accuracy | 0.5 | — | >= 0.5 |" in md
+    assert "| interleaved object persistence | 0.75 | — | >= 0.7 |" in md
+    assert "unified, DPG: its suite did not run dpg (suite.dpg_prompts = 0)." in md
+    assert "T2I-only, interleaved event accuracy: its suite did not run interleaved (suite.interleaved_videos = 0)." in md
+    assert "unified, GenEval, unseen prompts: the suite did not split prompts" in md
+    assert "Unified / T2I-only GenEval overall: 0.800" in md and "unified 2 steps, T2I-only 6 steps" in md
+    assert "**Warning:** not at equal steps" in md
+    assert "train64: 0.35, edit: 0.2" in md
+    assert "| A red circle and a blue square. | The red circle moves left. | 1/1 | 2/2 |" in md
+    assert "| A green star. | (no text) | 0/0 | no frame |" in md
+    assert f"| A blue cross. | x\\|y z{'w' * 154}… | 0/1 | 0/1 |" in md   # a model's '|' and newline stay in the cell
+    assert "![generated stories (unified model)](report_files/unified_story_strip.png)" in md
+    with Image.open(root / "out" / "report_files" / "unified_story_strip.png") as im:
+        assert im.size == (80, 40)
+    assert "unified_story_strip.png" in (root / "out" / "report.html").read_text()
+
+
+def test_unified_section_absent_when_the_stage_was_skipped(tmp_path):
+    root = tmp_path / "quick"
+    t2i = make_unified_quickstart(root, lambda **kw: {"skipped": "Sizes.unified_steps is 0"})
+    report.run(str(t2i), out=str(root / "out"), curves=str(root))
+    md = (root / "out" / "report.md").read_text()
+    assert "Unified model" not in md and "unified_story_strip" not in md
+    assert not (root / "out" / "report_files" / "unified_story_strip.png").exists()
