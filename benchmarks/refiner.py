@@ -199,14 +199,7 @@ def geneval_with_refiner(ar_ckpt: str, refiner: str, out: str = "runs/refiner_ge
 
 
 if __name__ == "__main__":
-    import sys
-
-    from jsonargparse import CLI
-
+    from benchmarks import run_cli
     from modules.common.errors import ConfigError
 
-    try:
-        CLI(geneval_with_refiner, as_positional=False)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_cli(geneval_with_refiner, ConfigError)

@@ -18,7 +18,6 @@ import dataclasses
 import itertools
 import json
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -140,10 +139,6 @@ def print_geneval_table(scores: dict[str, dict[str, float]], title: str, first_c
 
 
 if __name__ == "__main__":
-    from jsonargparse import CLI
+    from benchmarks import run_cli
 
-    try:
-        CLI(run, as_positional=False)
-    except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_cli(run, InputError)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 from pathlib import Path
 
 import torch
@@ -113,10 +112,6 @@ def run(ckpt: str, given: list[int], sampling: str = "configs/sampling/shapes_cf
 
 
 if __name__ == "__main__":
-    from jsonargparse import CLI
+    from benchmarks import run_cli
 
-    try:
-        CLI(run, as_positional=False)
-    except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_cli(run, InputError)
