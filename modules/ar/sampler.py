@@ -97,6 +97,12 @@ class SamplingConfig:
         return StepConfig(0.0, self.text_temperature, self.text_top_k, self.text_top_p)
 
 
+def cfg_combine(cond: torch.Tensor, uncond: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
+    """Classifier-free guidance as VAR applies it to logits: (1 + t)·cond − t·uncond (`t` a number,
+    or a tensor broadcasting against the logits, e.g. one value per token's scale)."""
+    return (1 + t) * cond - t * uncond
+
+
 def _contiguous(allowed_V: torch.Tensor) -> tuple[int, int] | None:
     """(lo, hi) when the allowed ids are exactly the range [lo, hi), else None."""
     idx = allowed_V.nonzero()
@@ -120,7 +126,7 @@ def truncated_logits(logits_BlV: torch.Tensor, step: StepConfig, allowed_V: torc
     of a full sort (benchmarks/sampling.py `truncated_logits_sorted`, tests/test_sampler.py)."""
     x = logits_BlV.float()
     if uncond_BlV is not None and step.guidance != 0:
-        x = (1 + step.guidance) * x - step.guidance * uncond_BlV.float()
+        x = cfg_combine(x, uncond_BlV.float(), step.guidance)
     offset = 0
     if allowed_V is not None:
         span = _contiguous(allowed_V)

@@ -44,7 +44,7 @@ import torch
 
 from modules.ar import tasks
 from modules.ar.decode_state import builder_for
-from modules.ar.sampler import SamplingConfig, generate_images, load_generator, truncated_logits
+from modules.ar.sampler import SamplingConfig, cfg_combine, generate_images, load_generator, truncated_logits
 from modules.common.images import to_uint8
 from modules.common.scale_schedule import ScaleSchedule
 from modules.common.sequence import IGNORE, Tokens, collate
@@ -265,8 +265,7 @@ class GRPOModule(pl.LightningModule):
         """The sampler's CFG combine per token (VAR; `modules.ar.sampler.truncated_logits`):
         (1+t_s)·cond − t_s·uncond with the schedule's t_s of each token's scale; differentiable
         in both."""
-        t_N1 = self.guidance_K.to(cond_NV.device)[scale_N][:, None]
-        return (1 + t_N1) * cond_NV - t_N1 * uncond_NV
+        return cfg_combine(cond_NV, uncond_NV, self.guidance_K.to(cond_NV.device)[scale_N][:, None])
 
     def image_logits(self, model, tok: Tokens) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The logits the loss uses at every sampled image token (`pass_logits`); under the guided
