@@ -66,9 +66,9 @@ class Sizes:
     def named(cls, name: str) -> "Sizes":
         if name == "default":
             return cls(train_scenes=3000, val_scenes=256, train128_scenes=1500, geneval_images_per_prompt=1,
-                       # the tokenizer stages' own 900/1000/1200 steps: shortening them to fit the
-                       # refiner cost the AR model more than RL gives back (README), so the refiner
-                       # is off by default (`--refiner_steps 200` runs it: about 5 more minutes)
+                       # the tokenizer stages' own 900/1000/1200 steps: shortened to fit the refiner,
+                       # the tokenizer loses agreement and PSNR (README), so the refiner is off by
+                       # default (`--refiner_steps 200` runs it: about 5 more minutes)
                        geneval_prompts=None, tokenizer_steps=None, ar_steps=1400, ar_minutes=10,
                        rl_steps=24, rl_minutes=2.5,
                        refiner={"steps": 0, "minutes": 1.5, "images": 128},
