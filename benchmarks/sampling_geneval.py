@@ -61,6 +61,22 @@ def sampling_points(sampling: list[str], vary: dict[str, list] | None = None) ->
     return points
 
 
+def load_checkpoint(ckpt: str, tokenizer_ckpt: str | None = None, device: str = "cpu"):
+    """(AR decoder, its tokenizer, its text tokenizer) from an AR checkpoint; a missing or
+    mismatched file raises InputError with the loader's one-line message."""
+    from modules.ar.generator import load_ar_and_tokenizer
+    from modules.common.errors import ConfigError
+    from modules.text.tokenizers import build_text_tokenizer
+
+    try:
+        model, meta, tokenizer, _ = load_ar_and_tokenizer(ckpt, tokenizer_ckpt, device)
+    except ConfigError as err:
+        raise InputError(str(err)) from None
+    text = build_text_tokenizer(meta.get("text_tokenizer") or "bytes", meta.get("text_tokenizer_path"),
+                                model.config.text_vocab_size)
+    return model, tokenizer, text
+
+
 def run(ckpt: str, sampling: list[str], vary: dict[str, list] | None = None, out: str = "runs/sampling_geneval",
         tokenizer_ckpt: str | None = None, geneval_prompts: str | None = None, geneval_limit: int | None = None,
         images_per_prompt: int = 4, width: int = 64, height: int = 64, seed: int = 0, batch_size: int = 8,
@@ -83,18 +99,10 @@ def run(ckpt: str, sampling: list[str], vary: dict[str, list] | None = None, out
         device: cpu or cuda.
     """
     from evaluation.suite import SuiteConfig, headline, run_suite
-    from modules.ar.generator import ARGenerator, load_ar_and_tokenizer
-    from modules.text.tokenizers import build_text_tokenizer
+    from modules.ar.generator import ARGenerator
 
     points = sampling_points(list(sampling), vary)  # every file and key checked before any work
-    from modules.common.errors import ConfigError
-
-    try:
-        model, meta, tokenizer, tok_path = load_ar_and_tokenizer(ckpt, tokenizer_ckpt, device)
-    except ConfigError as err:
-        raise InputError(str(err)) from None
-    text = build_text_tokenizer(meta.get("text_tokenizer") or "bytes", meta.get("text_tokenizer_path"),
-                                model.config.text_vocab_size)
+    model, tokenizer, text = load_checkpoint(ckpt, tokenizer_ckpt, device)
     suite = SuiteConfig(geneval_prompts=geneval_prompts, geneval_limit=geneval_limit,
                         images_per_prompt=images_per_prompt, dpg_prompts=0, editcanvas_per_task=0,
                         understanding_scenes=0, width=width, height=height, seed=seed)

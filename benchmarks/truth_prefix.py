@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.sampling_geneval import InputError, print_geneval_table
+from benchmarks.sampling_geneval import InputError, load_checkpoint, print_geneval_table, sampling_points
 
 
 class TruthPrefixGenerator:
@@ -71,30 +71,17 @@ def run(ckpt: str, given: list[int], sampling: str = "configs/sampling/shapes_cf
         seed: suite seed.
         device: cpu or cuda.
     """
-    import yaml
-
     from evaluation.baselines import GroundTruthGenerator
     from evaluation.suite import SuiteConfig, headline, run_suite
-    from modules.ar.generator import ARGenerator, load_ar_and_tokenizer
-    from modules.ar.sampler import SamplingConfig
-    from modules.common.errors import ConfigError
-    from modules.text.tokenizers import build_text_tokenizer
+    from modules.ar.generator import ARGenerator
 
     if not given or any(int(m) < 0 for m in given):
         raise InputError(f"--given {given}: pass numbers of truth scales >= 0, e.g. '[0, 2, 4, 6, 8]'")
-    path = Path(sampling)
-    if not path.is_file():
-        raise InputError(f"sampling config not found at {path}; see configs/sampling/")
-    cfg = SamplingConfig.from_dict({**(yaml.safe_load(path.read_text()) or {}), "guidance": guidance})
-    try:
-        model, meta, tokenizer, _ = load_ar_and_tokenizer(ckpt, None, device)
-    except ConfigError as err:
-        raise InputError(str(err)) from None
-    text = build_text_tokenizer(meta.get("text_tokenizer") or "bytes", meta.get("text_tokenizer_path"),
-                                model.config.text_vocab_size)
-    suite = SuiteConfig(geneval_prompts=geneval_prompts, geneval_limit=geneval_limit, images_per_prompt=images_per_prompt, dpg_prompts=0,
-                        editcanvas_per_task=0, understanding_scenes=0, width=width, height=height, seed=seed,
-                        min_object_px=min_object_px)
+    ((_, cfg),) = sampling_points([sampling], {"guidance": [guidance]})
+    model, tokenizer, text = load_checkpoint(ckpt, None, device)
+    suite = SuiteConfig(geneval_prompts=geneval_prompts, geneval_limit=geneval_limit,
+                        images_per_prompt=images_per_prompt, dpg_prompts=0, editcanvas_per_task=0,
+                        understanding_scenes=0, width=width, height=height, seed=seed, min_object_px=min_object_px)
     ar = ARGenerator(model, tokenizer, text, sampling=cfg)
     truth = GroundTruthGenerator(suite)
     root, scores = Path(out), {}
