@@ -141,15 +141,20 @@ _current_stage: list[Path] = []  # the stage folder run_main's children work for
 
 
 def run_stage(name: str, out: Path, body: Callable[[Path], dict[str, Any]], log: list[dict]) -> dict[str, Any]:
-    """Run `body(stage_dir)` unless the stage finished before; record the result either way.
-    DONE.json is written atomically; an unreadable one counts as "not finished"."""
+    """Run `body(stage_dir)` unless the stage finished before; record the result either way
+    (with "reused": True when it was not run again). DONE.json is written atomically; an
+    unreadable one counts as "not finished", and a "skipped" record (a stage a setting turned
+    off) is decided again, since this run's settings may turn it on."""
     from rich.console import Console
 
     console = Console()
     stage_dir = out / name
     result = read_done(stage_dir)
+    if result is not None and "skipped" in result:
+        result = None
     if result is not None:
         console.print(f"[dim]✓ {name}: reusing {stage_dir} (finished earlier)[/dim]")
+        result = {**result, "reused": True}
     else:
         console.rule(f"[bold]{name}")
         stage_dir.mkdir(parents=True, exist_ok=True)
@@ -680,6 +685,8 @@ def _run_unlocked(out: str, size: str, unified_steps: int | None = None,
     untrained = run_stage("validate_untrained", out_dir, stage_validate(sizes, data, previous, None), log)
     baselines = run_stage("baselines", out_dir, stage_baselines(sizes, data), log)
     run_stage("refiner", out_dir, stage_refiner(sizes, world, previous), log)
+    if not all(row.get("reused") or "skipped" in row for row in log):  # a stage ran now: the report shows it
+        _done_file(out_dir / "report").unlink(missing_ok=True)
     report = run_stage("report", out_dir, stage_report(trained, untrained, rl_scores), log)
     (out_dir / "quickstart.json").write_text(json.dumps(log, indent=1))
 

@@ -129,3 +129,22 @@ def test_refiner_stage_is_opt_in_and_skipped_with_a_record(tmp_path):
         from commands.quickstart import _run_unlocked
 
         _run_unlocked(str(tmp_path / "qs"), "toy", refiner_steps=-1)
+
+
+def test_a_skipped_stage_is_decided_again_and_a_finished_one_reused(tmp_path):
+    """A stage a setting turned off ("skipped" record) runs when a later run's settings turn it on
+    (quickstart --unified_steps / --refiner_steps on a finished folder); a finished stage is reused
+    and marked so."""
+    calls = []
+
+    def body(skip):
+        def run(stage_dir):
+            calls.append(skip)
+            return {"skipped": "off"} if skip else {"value": 1}
+        return run
+
+    log = []
+    assert "skipped" in run_stage("refiner", tmp_path, body(True), log)
+    assert run_stage("refiner", tmp_path, body(False), log)["value"] == 1    # decided again: runs now
+    again = run_stage("refiner", tmp_path, body(False), log)
+    assert again["value"] == 1 and again["reused"] and calls == [True, False]
