@@ -74,8 +74,8 @@ class Sizes:
                        refiner={"steps": 0, "minutes": 1.5, "images": 128},
                        ar_model={"n_layer": 4, "n_embd": 192, "n_head": 6, "n_query_groups": 2,
                                  "intermediate_size": 512},
-                       # no scale dropping in stages 1-2 (the stage configs keep NF's 0.5; the README
-                       # has the measurement behind this choice)
+                       # no scale dropping in stages 1-2 (the stage configs keep NF's 0.5; the README, quickstart
+                       # step 3, has the measurement behind this choice)
                        tokenizer_scale_drop=0.0,
                        # one resolution, 64 px, trained and scored: the budget allows no useful
                        # 128 px phase (README)
