@@ -50,7 +50,8 @@ class TruthPrefixGenerator:
 
 
 def run(ckpt: str, given: list[int], sampling: str = "configs/sampling/shapes_cfg_constant.yaml",
-        guidance: float = 5.0, out: str = "runs/truth_prefix", geneval_prompts: str | None = None,
+        guidance: float = 5.0, out: str = "runs/truth_prefix", tokenizer_ckpt: str | None = None,
+        geneval_prompts: str | None = None,
         geneval_limit: int | None = 96,
         images_per_prompt: int = 2, width: int = 64, height: int = 64, min_object_px: float = 24,
         seed: int = 0, device: str = "cpu") -> dict:
@@ -62,6 +63,9 @@ def run(ckpt: str, given: list[int], sampling: str = "configs/sampling/shapes_cf
         sampling: sampling config file (the quickstart validates with constant CFG).
         guidance: CFG scale over the file's (the quickstart's validate: 5).
         out: output folder (one sub-folder per m, summary.json).
+        tokenizer_ckpt: TokenizerModule checkpoint that encodes the truth and decodes every image
+            (default: the one the AR checkpoint records); one with the same codes and another
+            decoder compares decoders on the same sampled codes.
         geneval_prompts: GenEval jsonl (default: the world's prompts).
         geneval_limit: every k-th prompt so that this many remain.
         images_per_prompt: images per prompt.
@@ -78,7 +82,7 @@ def run(ckpt: str, given: list[int], sampling: str = "configs/sampling/shapes_cf
     if not given or any(int(m) < 0 for m in given):
         raise InputError(f"--given {given}: pass numbers of truth scales >= 0, e.g. '[0, 2, 4, 6, 8]'")
     ((_, cfg),) = sampling_points([sampling], {"guidance": [guidance]})
-    model, tokenizer, text = load_checkpoint(ckpt, None, device)
+    model, tokenizer, text = load_checkpoint(ckpt, tokenizer_ckpt, device)
     suite = SuiteConfig(geneval_prompts=geneval_prompts, geneval_limit=geneval_limit,
                         images_per_prompt=images_per_prompt, dpg_prompts=0, editcanvas_per_task=0,
                         understanding_scenes=0, width=width, height=height, seed=seed, min_object_px=min_object_px)
@@ -88,7 +92,7 @@ def run(ckpt: str, given: list[int], sampling: str = "configs/sampling/shapes_cf
     for m in sorted({int(m) for m in given}):
         with torch.no_grad():
             metrics = run_suite(TruthPrefixGenerator(ar, truth, m), root / f"given_{m}", suite,
-                                extra={"ckpt": str(ckpt), "given_scales": m, "sampling": dataclasses.asdict(cfg)})
+                                extra={"ckpt": str(ckpt), "tokenizer_ckpt": tokenizer_ckpt, "given_scales": m, "sampling": dataclasses.asdict(cfg)})
         scores[f"{m} scales from the truth"] = headline(metrics)
     root.mkdir(parents=True, exist_ok=True)
     (root / "summary.json").write_text(json.dumps({"ckpt": str(ckpt), "suite": dataclasses.asdict(suite),
