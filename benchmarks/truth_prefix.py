@@ -60,7 +60,8 @@ class TruthPrefixGenerator:
 
 
 def run(ckpt: str, given: list[int], sampling: str = "configs/sampling/shapes_cfg_constant.yaml",
-        guidance: float = 5.0, out: str = "runs/truth_prefix", rest: str = "model", tokenizer_ckpt: str | None = None,
+        guidance: float = 5.0, top_k: int | None = None, out: str = "runs/truth_prefix", rest: str = "model",
+        tokenizer_ckpt: str | None = None,
         geneval_prompts: str | None = None,
         geneval_limit: int | None = 96,
         images_per_prompt: int = 2, width: int = 64, height: int = 64, min_object_px: float = 24,
@@ -72,6 +73,7 @@ def run(ckpt: str, given: list[int], sampling: str = "configs/sampling/shapes_cf
         given: numbers of coarse scales taken from the truth (0 = the model alone).
         sampling: sampling config file (the quickstart validates with constant CFG).
         guidance: CFG scale over the file's (the quickstart's validate: 5).
+        top_k: top-k over the file's (1 = argmax); None keeps the file's.
         out: output folder (one sub-folder per m, summary.json).
         rest: "model" (the AR model samples scales m+1..K) or "dropped" (no model: the truth's
             first m scales decoded alone, the floor the model's finer scales have to beat).
@@ -95,7 +97,8 @@ def run(ckpt: str, given: list[int], sampling: str = "configs/sampling/shapes_cf
         raise InputError(f"--rest {rest}: use 'model' (the AR model samples the finer scales) or 'dropped'")
     if not given or any(int(m) < (1 if rest == "dropped" else 0) for m in given):
         raise InputError(f"--given {given}: pass numbers of truth scales >= 0, e.g. '[0, 2, 4, 6, 8]'")
-    ((_, cfg),) = sampling_points([sampling], {"guidance": [guidance]})
+    overrides = {"guidance": [guidance], **({"top_k": [top_k]} if top_k is not None else {})}
+    ((_, cfg),) = sampling_points([sampling], overrides)
     model, tokenizer, text = load_checkpoint(ckpt, tokenizer_ckpt, device)
     suite = SuiteConfig(geneval_prompts=geneval_prompts, geneval_limit=geneval_limit,
                         images_per_prompt=images_per_prompt, dpg_prompts=0, editcanvas_per_task=0,
