@@ -6,7 +6,8 @@
 For every GenEval prompt the world renders a scene that meets it (the ground-truth baseline's
 render, evaluation/baselines.py), the tokenizer encodes it, and the AR model samples scales
 m+1..K on top of the truth's codes for scales 1..m (`generate_images(given=...)`), with the
-sampling config of the quickstart's validate (constant CFG 5, top-k 8). m = 0 is the model alone;
+sampling config of the quickstart's validate (constant CFG 5, top-k 8); `--rest dropped` decodes
+the truth's scales 1..m alone instead (the floor for the model's finer scales). m = 0 is the model alone;
 m = K is the tokenizer's reconstruction (the ceiling the AR model can reach). Where the score
 jumps between two m, the scales between them are where the model loses the prompt: the coarse
 scales carry layout (which objects, where), the fine ones the outlines that name a shape.
@@ -25,15 +26,20 @@ from benchmarks.sampling_geneval import InputError, load_checkpoint, print_genev
 
 
 class TruthPrefixGenerator:
-    """text_to_image whose first `given` scales come from the world's render of the prompt."""
+    """text_to_image whose first `given` scales come from the world's render of the prompt; the
+    rest are the AR model's samples (`rest="model"`) or left out of the decoded sum
+    (`rest="dropped"`: what the truth's coarse scales are worth with no finer scale at all)."""
 
-    def __init__(self, ar, truth, given: int):
-        self.ar, self.truth, self.given = ar, truth, given
+    def __init__(self, ar, truth, given: int, rest: str = "model"):
+        if rest not in ("model", "dropped"):
+            raise ValueError(f"rest={rest!r}: use 'model' (the AR model samples the finer scales) or 'dropped'")
+        self.ar, self.truth, self.given, self.rest = ar, truth, given, rest
         self.batch_size = ar.batch_size
 
     @torch.no_grad()
     def text_to_image(self, prompts: list[str], height: int, width: int, seed: int, offset: int = 0):
         from modules.ar.sampler import generate_images
+        from modules.common.images import to_uint8
 
         truth = self.truth.text_to_image(prompts, height, width, seed * 1_000_003 + offset)
         out = []
@@ -42,6 +48,10 @@ class TruthPrefixGenerator:
             schedule = encoded[0][0]
             if self.given > schedule.num_scales:
                 raise ValueError(f"--given {self.given}: the {height}x{width} schedule has {schedule.num_scales} scales")
+            if self.rest == "dropped":  # the decoder sums the given scales only (a prefix decodes)
+                maps = [torch.stack([c[k] for _, c in encoded]) for k in range(self.given)]
+                out += list(to_uint8(self.ar.tokenizer.decode(maps, schedule)))
+                continue
             cfg = dataclasses.replace(self.ar.sampling, seed=seed * 1_000_003 + offset + i)
             ids = [self.ar.text.encode(p) for p in prompts[i:i + self.batch_size]]
             codes = generate_images(self.ar.model, ids, schedule, cfg, given=[c[:self.given] for _, c in encoded])
@@ -50,7 +60,9 @@ class TruthPrefixGenerator:
 
 
 def run(ckpt: str, given: list[int], sampling: str = "configs/sampling/shapes_cfg_constant.yaml",
-        guidance: float = 5.0, out: str = "runs/truth_prefix", geneval_prompts: str | None = None,
+        guidance: float = 5.0, top_k: int | None = None, out: str = "runs/truth_prefix", rest: str = "model",
+        tokenizer_ckpt: str | None = None,
+        geneval_prompts: str | None = None,
         geneval_limit: int | None = 96,
         images_per_prompt: int = 2, width: int = 64, height: int = 64, min_object_px: float = 24,
         seed: int = 0, device: str = "cpu") -> dict:
@@ -61,7 +73,13 @@ def run(ckpt: str, given: list[int], sampling: str = "configs/sampling/shapes_cf
         given: numbers of coarse scales taken from the truth (0 = the model alone).
         sampling: sampling config file (the quickstart validates with constant CFG).
         guidance: CFG scale over the file's (the quickstart's validate: 5).
+        top_k: top-k over the file's (1 = argmax); None keeps the file's.
         out: output folder (one sub-folder per m, summary.json).
+        rest: "model" (the AR model samples scales m+1..K) or "dropped" (no model: the truth's
+            first m scales decoded alone, the floor the model's finer scales have to beat).
+        tokenizer_ckpt: TokenizerModule checkpoint that encodes the truth and decodes every image
+            (default: the one the AR checkpoint records); one with the same codes and another
+            decoder compares decoders on the same sampled codes.
         geneval_prompts: GenEval jsonl (default: the world's prompts).
         geneval_limit: every k-th prompt so that this many remain.
         images_per_prompt: images per prompt.
@@ -75,10 +93,13 @@ def run(ckpt: str, given: list[int], sampling: str = "configs/sampling/shapes_cf
     from evaluation.suite import SuiteConfig, headline, run_suite
     from modules.ar.generator import ARGenerator
 
-    if not given or any(int(m) < 0 for m in given):
+    if rest not in ("model", "dropped"):
+        raise InputError(f"--rest {rest}: use 'model' (the AR model samples the finer scales) or 'dropped'")
+    if not given or any(int(m) < (1 if rest == "dropped" else 0) for m in given):
         raise InputError(f"--given {given}: pass numbers of truth scales >= 0, e.g. '[0, 2, 4, 6, 8]'")
-    ((_, cfg),) = sampling_points([sampling], {"guidance": [guidance]})
-    model, tokenizer, text = load_checkpoint(ckpt, None, device)
+    overrides = {"guidance": [guidance], **({"top_k": [top_k]} if top_k is not None else {})}
+    ((_, cfg),) = sampling_points([sampling], overrides)
+    model, tokenizer, text = load_checkpoint(ckpt, tokenizer_ckpt, device)
     suite = SuiteConfig(geneval_prompts=geneval_prompts, geneval_limit=geneval_limit,
                         images_per_prompt=images_per_prompt, dpg_prompts=0, editcanvas_per_task=0,
                         understanding_scenes=0, width=width, height=height, seed=seed, min_object_px=min_object_px)
@@ -87,8 +108,8 @@ def run(ckpt: str, given: list[int], sampling: str = "configs/sampling/shapes_cf
     root, scores = Path(out), {}
     for m in sorted({int(m) for m in given}):
         with torch.no_grad():
-            metrics = run_suite(TruthPrefixGenerator(ar, truth, m), root / f"given_{m}", suite,
-                                extra={"ckpt": str(ckpt), "given_scales": m, "sampling": dataclasses.asdict(cfg)})
+            metrics = run_suite(TruthPrefixGenerator(ar, truth, m, rest), root / f"given_{m}", suite,
+                                extra={"ckpt": str(ckpt), "tokenizer_ckpt": tokenizer_ckpt, "given_scales": m, "rest": rest, "sampling": dataclasses.asdict(cfg)})
         scores[f"{m} scales from the truth"] = headline(metrics)
     root.mkdir(parents=True, exist_ok=True)
     (root / "summary.json").write_text(json.dumps({"ckpt": str(ckpt), "suite": dataclasses.asdict(suite),

@@ -447,6 +447,7 @@ def test_truth_prefix_all_scales_given_is_the_tokenizers_reconstruction(tmp_path
     from evaluation.baselines import GroundTruthGenerator
     from evaluation.suite import SuiteConfig
     from modules.ar.generator import ARGenerator, load_ar_and_tokenizer
+    from modules.common.images import to_uint8
 
     prompts = _tiny_checkpoints(tmp_path)
     model, meta, tokenizer, _ = load_ar_and_tokenizer(str(tmp_path / "ar.ckpt"), None, "cpu")
@@ -459,6 +460,14 @@ def test_truth_prefix_all_scales_given_is_the_tokenizers_reconstruction(tmp_path
     rendered = truth.text_to_image(ask, 32, 32, 5 * 1_000_003)
     reconstructed = ar._decode([c for _, c in ar._encode(rendered)], ScaleSchedule.for_image(32, 32, tokenizer.patch))
     assert all(np.array_equal(a, b) for a, b in zip(full, reconstructed))
+    # rest="dropped": no model; all K scales are the reconstruction, fewer decode the prefix alone
+    dropped_all = tp.TruthPrefixGenerator(ar, truth, K, rest="dropped").text_to_image(ask, 32, 32, seed=5)
+    assert all(np.array_equal(a, b) for a, b in zip(dropped_all, reconstructed))
+    coarse = tp.TruthPrefixGenerator(ar, truth, 2, rest="dropped").text_to_image(ask, 32, 32, seed=5)
+    maps = [torch.stack([c[k] for _, c in ar._encode(rendered)]) for k in range(2)]
+    expect = to_uint8(tokenizer.decode(maps, ScaleSchedule.for_image(32, 32, tokenizer.patch)))
+    assert all(np.array_equal(a, b) for a, b in zip(coarse, expect))
+    assert not all(np.array_equal(a, b) for a, b in zip(coarse, reconstructed))  # the fine scales count
     none = tp.TruthPrefixGenerator(ar, truth, 0).text_to_image(ask, 32, 32, seed=5)
     own = ar.text_to_image(ask, 32, 32, seed=5)
     assert all(np.array_equal(a, b) for a, b in zip(none, own))
@@ -469,3 +478,5 @@ def test_truth_prefix_all_scales_given_is_the_tokenizers_reconstruction(tmp_path
     assert set(scores) == {"0 scales from the truth", f"{K} scales from the truth"}
     with pytest.raises(tp.InputError, match="given"):
         tp.run(str(tmp_path / "ar.ckpt"), given=[-1], out=str(tmp_path / "tp2"))
+    with pytest.raises(tp.InputError, match="--rest"):
+        tp.run(str(tmp_path / "ar.ckpt"), given=[2], rest="zeros", out=str(tmp_path / "tp3"))

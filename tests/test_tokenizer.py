@@ -202,3 +202,32 @@ def test_gradient_difference_charges_blur_not_flat_offsets():
     assert torch.isclose(pixel_l2(offset, x), pixel_l2(blurred, x), rtol=1e-4)
     assert gradient_difference(x, x) == 0 and gradient_difference(offset, x) < 1e-6
     assert gradient_difference(blurred, x) > 0.01
+
+
+def test_decoder_code_noise_swaps_codes_for_stage3_only():
+    """Stage 3 with `decoder_code_noise`: the decoder's input features come from codes with that
+    fraction per scale swapped for a near one (the errors of an AR model's samples); 0 gives the
+    clean training path's features; other stages refuse the option."""
+    from modules.tokenizer.module import TokenizerModule
+
+    with pytest.raises(ValueError, match="decoder_code_noise=0.5.*stage 'decoder'"):
+        TokenizerModule(tiny_config(), stage="joint", teacher="none", decoder_code_noise=0.5, val_oracle=False,
+                        rfid_extractor=None)
+    torch.manual_seed(0)
+    clean = TokenizerModule(tiny_config(), stage="decoder", teacher="none", val_oracle=False, rfid_extractor=None)
+    noisy = TokenizerModule(tiny_config(), stage="decoder", teacher="none", val_oracle=False, rfid_extractor=None,
+                            decoder_code_noise=0.5)
+    noisy.load_state_dict(clean.state_dict())
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    sem0, pix0, q, _ = clean.decoder_inputs(x)
+    codes = clean.tokenizer.encode(x)
+    ref_sem, ref_pix = clean.tokenizer.quantizer.indices_to_features(codes.targets, codes.schedule)
+    torch.testing.assert_close(pix0, ref_pix, atol=1e-5, rtol=1e-5)  # noise 0: the clean codes' features
+    sem1, pix1, q1, _ = noisy.decoder_inputs(x, generator=torch.Generator().manual_seed(1))
+    assert q1 is None and pix1.shape == pix0.shape and sem1.shape == sem0.shape
+    # half of every scale's positions (but the 1x1 one) carry another code: the features move
+    # by a fraction of their size, not by nothing and not beyond recognition
+    rel = ((pix1 - pix0).norm() / pix0.norm()).item()
+    assert 0.05 < rel < 1.5
+    again = noisy.decoder_inputs(x, generator=torch.Generator().manual_seed(1))[1]
+    assert torch.equal(again, pix1)  # seeded: the same swaps

@@ -64,6 +64,12 @@ class TokenizerModule(pl.LightningModule):
         rfid_extractor: Literal["randconv", "inception"] | None = "randconv",
         inception_dir: str | None = None,
         val_metric_images: int = 256,  # cap on images for rFID / oracle per validation
+        # stage "decoder" only: the decoder learns to draw the clean image from codes of which this
+        # fraction per scale is swapped for one of their `decoder_noise_topk` nearest (the
+        # quantiser's self-correction rule), the kind of errors an AR model's sampled codes carry;
+        # 0 = clean codes (TokenFlow / NF)
+        decoder_code_noise: float = 0.0,
+        decoder_noise_topk: int = 8,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -75,6 +81,11 @@ class TokenizerModule(pl.LightningModule):
             cfg.use_semantic = False
         elif stage == "joint":
             cfg.use_semantic = True
+        if decoder_code_noise and stage != "decoder":
+            raise ValueError(f"decoder_code_noise={decoder_code_noise} trains the decoder on perturbed codes, which "
+                             f"only stage 'decoder' (stage 3) does; got stage {stage!r}: set it to 0 or use stage 3")
+        if not 0.0 <= decoder_code_noise <= 1.0:
+            raise ValueError(f"decoder_code_noise must be a fraction in [0, 1], got {decoder_code_noise}")
         self.stage = stage
         self.tokenizer = MultiScaleTokenizer(cfg)
         # Frozen helper nets (teacher, perceptual, FID extractor) are kept out of the state_dict:
@@ -210,13 +221,27 @@ class TokenizerModule(pl.LightningModule):
                     child.eval()
         return self
 
+    def decoder_inputs(self, x: torch.Tensor, generator: torch.Generator | None = None):
+        """The quantised features the pixel decoder trains on -> (hat_sem, hat_pix, QuantOut or None,
+        semantic prediction or None). With `decoder_code_noise` (stage 3 only, everything but the
+        decoder frozen) they are built from codes of which that fraction per scale was swapped."""
+        hp = self.hparams
+        if hp.decoder_code_noise > 0:
+            codes = self.tokenizer.encode(x, self_correct=hp.decoder_code_noise, topk=hp.decoder_noise_topk,
+                                          generator=generator)
+            hat_sem, hat_pix = self.tokenizer.quantizer.indices_to_features(
+                codes.inputs, codes.schedule, self.tokenizer.config.use_semantic)
+            return hat_sem, hat_pix, None, None
+        with torch.set_grad_enabled(self.stage != "decoder" and torch.is_grad_enabled()):
+            _, q, sem_pred = self.tokenizer(x, keep=self.scale_keep, decode=False)
+        return q.hat_sem, q.hat_pix, q, sem_pred
+
     def training_step(self, batch: dict[str, Any], batch_idx: int):
         hp, x = self.hparams, batch["image"]
         opts = self.optimizers()
         opt_g, opt_d = (opts[0], opts[1]) if isinstance(opts, list) else (opts, None)
-        with torch.set_grad_enabled(self.stage != "decoder"):
-            x_rec, q, sem_pred = self.tokenizer(x, keep=self.scale_keep, decode=False)
-        x_rec = self.tokenizer.decode_features(q.hat_sem, q.hat_pix)
+        hat_sem, hat_pix, q, sem_pred = self.decoder_inputs(x)
+        x_rec = self.tokenizer.decode_features(hat_sem, hat_pix)
         losses = {"pixel_l2": edge_weighted_l2(x_rec, x, hp.edge_focus) if hp.edge_focus else pixel_l2(x_rec, x)}
         if hp.w_gradient:
             losses["gradient"] = gradient_difference(x_rec, x)
