@@ -543,7 +543,8 @@ def stage_unified(sizes: Sizes, world: dict, data: dict, tokenizer_ckpt: str) ->
                                         "batch_size": 8, "val_batch_size": 16}
         overlay["trainer"]["max_steps"] = sizes.unified_steps
         experiment = str(EXPERIMENTS / "ar_shapes_unified.yaml")
-        run_main("fit", "--config", experiment, "--config", write_overlay(fit_dir / "overlay.yaml", overlay))
+        run_main("fit", "--config", experiment, "--config", write_overlay(fit_dir / "overlay.yaml", {
+            **overlay, "trainer": {**overlay["trainer"], "precision": _precision(sizes.ar_precision)}}))
         bench = {"class_path": "callbacks.evaluation.BenchmarkCallback",
                  "init_args": {"validate_suite": {**sizes.suite, "interleaved_videos": sizes.suite.get(
                      "understanding_scenes", 4), "train_captions": [data["64"]]}, "out_dir": str(stage_dir),
