@@ -2,8 +2,9 @@
 
     python main.py bench --what fused_ce     fused chunked linear+CE vs naive: peak memory, time
     python main.py bench --what train_step   AR training samples/s: per-sample sequence building vs
-                                             index batches (bench_train_step(plain=True) adds a
-                                             plain SDPA decoder of the same size)
+                                             index batches, in fp32 and under bf16 autocast
+                                             (bench_train_step(plain=True) adds a plain SDPA decoder
+                                             of the same size)
     python main.py bench --what sampling     next-scale vs raster-scan sampling (issue 5)
     python main.py bench --what packing      padding vs fixed-length vs compute-budget packing on a
                                              simulated 8-rank step with the calibrated cost model
@@ -106,13 +107,20 @@ def _t2i_items(cfg, side: int, batch: int, caption_len: int, seed: int = 0) -> l
              "train": True} for i in range(batch)]
 
 
-def bench_train_step(preset: str = "shapes-small", sides: tuple[int, ...] = (8, 16), batch: int = 8,
+def _autocast_loss(module, prepared, device: str):
+    """The training loss under bf16 autocast, as Lightning's `precision: bf16-mixed` runs it."""
+    with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
+        return module.compute_loss(prepared)["loss"]
+
+
+def bench_train_step(preset: str = "shapes-small", overrides: dict | None = None, sides: tuple[int, ...] = (8, 16), batch: int = 8,
                      caption_len: int = 12, steps: int = 4, codebook_size: int = 256,
                      code_dim: int = 40, plain: bool = False, device: str = "cpu") -> dict:
     """AR training samples/s, per-sample sequence building (before: `ARModule.reference_batch`,
     features built per sample on the CPU inside the step) vs index batches (after: the model's
     batcher, as the datamodule's collate runs it, plus the batched gather/upsample on the device),
-    at the quickstart's config: shapes-small, batch 8, 64 and 128 px Shapes schedules at patch 8
+    at the quickstart's config: shapes-small with the quickstart's `overrides` (None: its 4 layers ×
+    192, `Sizes.named("default").ar_model`), batch 8, 64 and 128 px Shapes schedules at patch 8
     (final grids `sides`), codebook 256, 40-dim codes, random codes. "after" counts the collate
     in the step (num_workers=0, the quickstart's setting); "after, collate in workers" leaves it
     out (what the step costs when workers prepare batches ahead). plain: also a plain decoder of
@@ -120,9 +128,14 @@ def bench_train_step(preset: str = "shapes-small", sides: tuple[int, ...] = (8, 
     Each variant: the fastest of `steps` steps, interleaved with the others, after a warm-up."""
     from modules.ar.model import ARDecoder
     from modules.ar.module import ARModule
+    from modules.common.devices import native_bf16
 
+    if overrides is None:
+        from commands.quickstart import Sizes
+
+        overrides = Sizes.named("default").ar_model or {}
     torch.manual_seed(0)
-    module = ARModule(preset=preset, overrides={"codebook_size": codebook_size, "code_dim": code_dim},
+    module = ARModule(preset=preset, overrides={**overrides, "codebook_size": codebook_size, "code_dim": code_dim},
                       text_tokenizer="shapes-words").to(device)
     module.train()
     cfg, batcher = module.config, module.batcher()
@@ -140,7 +153,7 @@ def bench_train_step(preset: str = "shapes-small", sides: tuple[int, ...] = (8, 
         return time.perf_counter() - t0
 
     results = {}
-    print(f"train_step  {preset} ({cfg.estimate_params() / 1e6:.1f}M params) batch {batch}, codebook {codebook_size}, "
+    print(f"train_step  {preset} {overrides or ''} ({cfg.estimate_params() / 1e6:.1f}M params) batch {batch}, codebook {codebook_size}, "
           f"code_dim {code_dim}, {device}, torch threads {torch.get_num_threads()}")
     for side in sides:
         items = _t2i_items(cfg, side, batch, caption_len)
@@ -149,6 +162,7 @@ def bench_train_step(preset: str = "shapes-small", sides: tuple[int, ...] = (8, 
             "before": lambda: module.compute_loss(items, reference=True)["loss"],
             "after": lambda: module.compute_loss(batcher(items))["loss"],
             "workers": lambda: module.compute_loss(prepared)["loss"],
+            "bf16": lambda: _autocast_loss(module, prepared, device),
         }
         parts = {"sequences before": lambda: module.reference_batch(items), "collate after": lambda: batcher(items),
                  "device after": lambda: module.make_batch(prepared)}
@@ -167,13 +181,16 @@ def bench_train_step(preset: str = "shapes-small", sides: tuple[int, ...] = (8, 
         best = {k: min(t) for k, t in times.items()}  # the least disturbed step of each
         sps = {k: batch / best[k] for k in variants}
         L = prepared.tokens.ids.shape[1]
-        row = {**sps, "ratio": sps["after"] / sps["before"], "ratio_workers": sps["workers"] / sps["before"], "L": L,
+        row = {**sps, "ratio": sps["after"] / sps["before"], "ratio_workers": sps["workers"] / sps["before"],
+               "ratio_bf16": sps["bf16"] / sps["before"], "bf16_vs_fp32": sps["bf16"] / sps["workers"], "L": L,
                **{f"{k} s": best[k] for k in parts}}
         ms = {k: 1e3 * best[k] for k in parts}
         print(f"  {side * 8} px ({side}x{side} final grid at patch 8, L={L}), samples/s:")
         print(f"    before (per-sample builder in the step)  {sps['before']:8.2f}")
         print(f"    after  (index batch, collate in the step) {sps['after']:8.2f}   {row['ratio']:.2f}x   (target >= 2x)")
         print(f"    after  (collate in loader workers)       {sps['workers']:8.2f}   {row['ratio_workers']:.2f}x")
+        print(f"    after, bf16 autocast (bf16-mixed)         {sps['bf16']:8.2f}   {row['ratio_bf16']:.2f}x   "
+              f"({row['bf16_vs_fp32']:.2f}x fp32; native bf16 here: {native_bf16(device)})")
         print(f"    per batch: sequences before {ms['sequences before']:.0f} ms; after {ms['collate after']:.0f} ms "
               f"collate + {ms['device after']:.0f} ms gather/upsample; whole step {1e3 * best['workers']:.0f} ms")
         if plain:

@@ -44,6 +44,11 @@ class Sizes:
     # ARConfig overrides of the shapes-small preset: a smaller model sees more samples in the CPU
     # budget (the README has the comparison); None keeps the preset
     ar_model: dict | None = None
+    # trainer.precision of the AR fit and of the tokenizer stages; "auto": bf16-mixed where bf16
+    # matmuls are native (a CPU with AVX512-BF16/AMX, a CUDA GPU), else 32-true
+    # (modules/common/devices.py; README, "Where it stands", has the measurement)
+    ar_precision: str = "32-true"
+    tokenizer_precision: str = "32-true"
     prompt_mix: float = 0.5  # fraction of the AR model's 64 px scenes that realise GenEval-template prompts
     min_object_px: int = 24  # smallest object side in the 64 px scenes (3 tokens of the patch-8 tokenizer)
     # prefix-tuning GRPO after the AR stage (configs/experiment/rl_shapes_grpo.yaml): optimizer steps
@@ -69,7 +74,9 @@ class Sizes:
                        # the tokenizer stages' own 900/1000/1200 steps: shortened to fit the refiner,
                        # the tokenizer loses agreement and PSNR (README), so the refiner is off by
                        # default (`--refiner_steps 200` runs it: about 5 more minutes)
-                       geneval_prompts=None, tokenizer_steps=None, ar_steps=1400, ar_minutes=10,
+                       # 2,400 AR steps: with bf16 autocast they take about the time 1,400 fp32 steps
+                       # took (README, "Where it stands")
+                       geneval_prompts=None, tokenizer_steps=None, ar_steps=2400, ar_minutes=10,
                        rl_steps=24, rl_minutes=2.5,
                        refiner={"steps": 0, "minutes": 1.5, "images": 128},
                        ar_model={"n_layer": 4, "n_embd": 192, "n_head": 6, "n_query_groups": 2,
@@ -81,6 +88,7 @@ class Sizes:
                        # alpha 0.9 leaves the 8x8 scale, which draws the outlines, 14 % of the vision
                        # loss and learns it slower (README, "What the finest scale needs")
                        ar_alpha=0.0,
+                       ar_precision="auto", tokenizer_precision="auto",
                        # one resolution, 64 px, trained and scored: the budget allows no useful
                        # 128 px phase (README)
                        ar_switch_step=None,
@@ -98,7 +106,8 @@ class Sizes:
                        refiner={"steps": 2, "minutes": 2, "images": 8},
                        suite={"geneval_limit": 6, "images_per_prompt": 1, "dpg_prompts": 2,
                               "editcanvas_per_task": 1, "understanding_scenes": 1},
-                       rl_steps=2, rl_minutes=5.0, rl_prompts_per_step=2, rl_group_size=2)
+                       rl_steps=2, rl_minutes=5.0, rl_prompts_per_step=2, rl_group_size=2, ar_precision="auto",
+                       tokenizer_precision="auto")
         from commands import UsageError
 
         raise UsageError(f"unknown quickstart size {name!r}; choose 'default' or 'toy'")
@@ -351,6 +360,13 @@ def stage_geneval_ground_truth(sizes: Sizes) -> Callable[[Path], dict[str, Any]]
     return body
 
 
+def _precision(setting: str) -> str:
+    """A Sizes precision: "auto" = bf16-mixed where bf16 is native on this machine, else 32-true."""
+    from modules.common.devices import mixed_precision
+
+    return mixed_precision() if setting == "auto" else setting
+
+
 def _trainer_outputs(stage_dir: Path, callbacks: list[dict]) -> dict[str, Any]:
     """Trainer settings that send logs and the `last.ckpt` checkpoint into `stage_dir`."""
     return {"default_root_dir": str(stage_dir),
@@ -371,7 +387,8 @@ def stage_tokenizer(k: int, sizes: Sizes, world: dict, previous: str | None) -> 
         # stage 3 (decoder only) also learns from 64 px windows of the 128 px scenes (its train_crop)
         train = [world["train"], world["train128"]] if k == 3 else world["train"]
         overlay = {"data": {"init_args": {"train_dir": train, "val_dir": world["val"]}},
-                   "trainer": _trainer_outputs(stage_dir, callbacks)}
+                   "trainer": {**_trainer_outputs(stage_dir, callbacks),
+                               "precision": _precision(sizes.tokenizer_precision)}}
         if sizes.tokenizer_steps is not None:
             steps = sizes.tokenizer_steps[k - 1]
             overlay["trainer"].update(max_steps=steps, val_check_interval=steps)
@@ -444,6 +461,7 @@ def stage_ar_fit(sizes: Sizes, data: dict, tokenizer_ckpt: str) -> Callable[[Pat
             phases.append({"at_step": sizes.ar_switch_step, "phase": "128", "alpha": 0.9})
         curriculum = {"class_path": "callbacks.curriculum.ResolutionCurriculum", "init_args": {"phases": phases}}
         overlay = _ar_overlay(sizes, data, tokenizer_ckpt, stage_dir, [curriculum])
+        overlay["trainer"]["precision"] = _precision(sizes.ar_precision)
         run_main("fit", "--config", str(EXPERIMENTS / "ar_shapes_t2i.yaml"),
                  "--config", write_overlay(stage_dir / "overlay.yaml", overlay))
         return {"checkpoint": str(stage_dir / "last.ckpt"), **_last_val_metrics(stage_dir)}
@@ -525,7 +543,8 @@ def stage_unified(sizes: Sizes, world: dict, data: dict, tokenizer_ckpt: str) ->
                                         "batch_size": 8, "val_batch_size": 16}
         overlay["trainer"]["max_steps"] = sizes.unified_steps
         experiment = str(EXPERIMENTS / "ar_shapes_unified.yaml")
-        run_main("fit", "--config", experiment, "--config", write_overlay(fit_dir / "overlay.yaml", overlay))
+        run_main("fit", "--config", experiment, "--config", write_overlay(fit_dir / "overlay.yaml", {
+            **overlay, "trainer": {**overlay["trainer"], "precision": _precision(sizes.ar_precision)}}))
         bench = {"class_path": "callbacks.evaluation.BenchmarkCallback",
                  "init_args": {"validate_suite": {**sizes.suite, "interleaved_videos": sizes.suite.get(
                      "understanding_scenes", 4), "train_captions": [data["64"]]}, "out_dir": str(stage_dir),

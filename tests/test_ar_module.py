@@ -49,7 +49,8 @@ def test_items_and_buckets(tmp_path):
     assert torch.equal(flat(it["inputs"]), (flat(it["clean_targets"]) + 1) % 16)
 
 
-def test_fit_lowers_loss(tmp_path):
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_fit_lowers_loss(tmp_path, precision):
     d = make_shards(tmp_path / "s", side=3, n=4, i2t_every=0)
     torch.manual_seed(0)
     module = ARModule(overrides=TINY, lr=1e-2, warmup_steps=1, cond_dropout=0.0)
@@ -58,8 +59,10 @@ def test_fit_lowers_loss(tmp_path):
     module.eval()
     with torch.no_grad():
         before = float(module.compute_loss(batch)["loss"])
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # the quickstart's CPU autocast: same loss, bf16 rounding
+            assert abs(float(module.compute_loss(batch)["loss"]) - before) < 0.02 * before
     module.train()
-    _trainer(tmp_path, max_steps=30).fit(module, dm)
+    _trainer(tmp_path, max_steps=30, precision=precision).fit(module, dm)
     module.eval()
     with torch.no_grad():
         after = float(module.compute_loss(batch)["loss"])

@@ -507,7 +507,8 @@ def _rl_prefix_sweep():
 
 def test_rl_prefix_sweep_points_mean_what_fit_would_run():
     """configs/sweeps/rl_prefix.yaml, each point parsed as `main.py fit` parses it: PG on scales
-    1..2, 1..4 and all, the KL on all scales everywhere, the same wall-clock limit, no CFG rule."""
+    1..2, 1..4 and all, the KL on all scales everywhere, the same wall-clock limit, rollouts with the
+    suite's CFG (the config's guided rule)."""
     from commands.lightning_cli import parse_config
     from commands.sweep import expand_points, load_base, point_args
 
@@ -520,8 +521,8 @@ def test_rl_prefix_sweep_points_mean_what_fit_would_run():
         args = parsed["model"]["init_args"]
         assert parsed["trainer"]["max_time"] == {"minutes": 6} and parsed["trainer"]["max_steps"] == 100000, name
         got[name] = (args["prefix_scales"], args["kl_scales"], args["cfg_rule"], args["sampling"]["guidance"])
-    assert got == {"000_prefix_2": (2, "all", "none", 0.0), "001_prefix_4": (4, "all", "none", 0.0),
-                   "002_all_scales": (None, "all", "none", 0.0)}
+    assert got == {"000_prefix_2": (2, "all", "guided", 5.0), "001_prefix_4": (4, "all", "guided", 5.0),
+                   "002_all_scales": (None, "all", "guided", 5.0)}
 
 
 @pytest.mark.slow

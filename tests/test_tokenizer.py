@@ -231,3 +231,23 @@ def test_decoder_code_noise_swaps_codes_for_stage3_only():
     assert 0.05 < rel < 1.5
     again = noisy.decoder_inputs(x, generator=torch.Generator().manual_seed(1))[1]
     assert torch.equal(again, pix1)  # seeded: the same swaps
+
+
+def test_validation_metrics_under_bf16_autocast_equal_fp32():
+    """bf16-mixed validation (the quickstart's tokenizer stages where bf16 is native) reconstructs in
+    bf16 but scores in fp32: in bf16, SSIM's E[x²] − E[x]² cancelled to negative values."""
+    from _tokenizer_data import scene_batch
+    from modules.tokenizer import TokenizerModule
+
+    torch.manual_seed(0)
+    module = TokenizerModule(tiny_config(), val_oracle=False, rfid_extractor=None).eval()
+    batch = scene_batch(8)
+    scores = {}
+    for name, autocast in (("fp32", False), ("bf16", True)):
+        module.psnr.reset(), module.ssim.reset()
+        module.on_validation_epoch_start()
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            module.validation_step(batch, 0)
+        scores[name] = (float(module.psnr.compute()), float(module.ssim.compute()))
+    (psnr32, ssim32), (psnr16, ssim16) = scores["fp32"], scores["bf16"]
+    assert abs(psnr16 - psnr32) < 0.2 and abs(ssim16 - ssim32) < 0.02

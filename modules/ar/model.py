@@ -80,6 +80,16 @@ class RMSNorm(nn.Module):
         return self.weight * x32.to(x.dtype)
 
 
+def _dense_attention(q, k, v, **kw):
+    """SDPA with grouped-query heads. On the CPU, bf16 q/k/v (autocast, `trainer.precision: bf16-mixed`) are
+    attended in fp32: the CPU flash kernel's bf16 backward is slower than its fp32 one, while the
+    projections around it gain from bf16 (`python main.py bench --what train_step --precision ...`)."""
+    if q.device.type == "cpu" and q.dtype == torch.bfloat16:
+        with torch.autocast("cpu", enabled=False):
+            return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), enable_gqa=True, **kw).to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, enable_gqa=True, **kw)
+
+
 class Attention(nn.Module):
     def __init__(self, c: ARConfig):
         super().__init__()
@@ -98,11 +108,11 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(layer, k, v)
         if mask is None or isinstance(mask, torch.Tensor):
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+            y = _dense_attention(q, k, v, attn_mask=mask)
         elif isinstance(mask, str) and mask == "causal":
             if cache is not None and k.shape[2] != L:
                 raise ValueError("mask='causal' cannot be used on top of a non-empty KV cache; pass a bool mask")
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+            y = _dense_attention(q, k, v, is_causal=True)
         else:  # flex_attention BlockMask
             y = _flex_attention(q, k, v, mask)
         return self.o_proj(y.transpose(1, 2).reshape(B, L, self.n_head * self.hd))
@@ -209,7 +219,7 @@ class ARDecoder(nn.Module):
         x = self.wte(ids_BL.clamp(min=0))
         if vis_mask_BL is not None and bool(vis_mask_BL.any()):
             feats = self.connector(vis_BLD[vis_mask_BL].to(x.dtype))
-            x = x.masked_scatter(vis_mask_BL[..., None], feats)
+            x = x.masked_scatter(vis_mask_BL[..., None], feats.to(x.dtype))
         if scale_BL is not None:
             x = x + self.scale_emb(scale_BL).to(x.dtype)
         if nscales_BL is not None:

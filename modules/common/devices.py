@@ -23,3 +23,24 @@ def require_device(name: str) -> torch.device:
     elif device.type not in ("cpu", "cuda", "mps"):
         raise ConfigError(f"--device {name} is not supported here; use cpu or cuda")
     return device
+
+
+def native_bf16(accelerator: str = "auto", cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether bf16 matmuls run natively where Lightning's `accelerator` will put the model: a CUDA
+    device with bf16, or a CPU with AVX512-BF16 or AMX (Linux /proc/cpuinfo flags). Elsewhere
+    autocast emulates bf16 and is slower than fp32, so callers fall back to "32-true"."""
+    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    if accelerator not in ("auto", "cpu"):
+        return False
+    try:
+        with open(cpuinfo) as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def mixed_precision(accelerator: str = "auto", cpuinfo: str = "/proc/cpuinfo") -> str:
+    """Lightning's `trainer.precision` for `accelerator`: "bf16-mixed" where bf16 is native, else "32-true"."""
+    return "bf16-mixed" if native_bf16(accelerator, cpuinfo) else "32-true"

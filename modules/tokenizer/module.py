@@ -296,19 +296,21 @@ class TokenizerModule(pl.LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int):
         x = batch["image"]
         x_rec, q, _ = self.tokenizer(x, keep=None)
-        x_rec = x_rec.clamp(-1, 1)
-        self.psnr.update((x_rec + 1) / 2, (x + 1) / 2)
-        self.ssim.update((x_rec + 1) / 2, (x + 1) / 2)
-        for idx in q.indices:
-            self._val_counts += torch.bincount(idx.flatten().cpu(), minlength=self.codebook_size)
-        self.log("val/pixel_l2", pixel_l2(x_rec, x), batch_size=x.shape[0], sync_dist=True)
-        if self._val_images < self.hparams.val_metric_images:
-            if self.fid_extractor is not None:
-                self._val_feats["real"].append(self.fid_extractor(x).cpu().numpy())
-                self._val_feats["fake"].append(self.fid_extractor(x_rec).cpu().numpy())
-            if self.fidelity is not None and "meta" in batch:
-                self.fidelity.update(x, x_rec, batch["meta"])
-            self._val_images += x.shape[0]
+        # metrics in fp32 under bf16-mixed autocast: SSIM's E[x²] − E[x]² cancels to garbage in bf16 convs
+        with torch.autocast(x.device.type, enabled=False):
+            x_rec = x_rec.float().clamp(-1, 1)
+            self.psnr.update((x_rec + 1) / 2, (x + 1) / 2)
+            self.ssim.update((x_rec + 1) / 2, (x + 1) / 2)
+            for idx in q.indices:
+                self._val_counts += torch.bincount(idx.flatten().cpu(), minlength=self.codebook_size)
+            self.log("val/pixel_l2", pixel_l2(x_rec, x), batch_size=x.shape[0], sync_dist=True)
+            if self._val_images < self.hparams.val_metric_images:
+                if self.fid_extractor is not None:
+                    self._val_feats["real"].append(self.fid_extractor(x).cpu().numpy())
+                    self._val_feats["fake"].append(self.fid_extractor(x_rec).cpu().numpy())
+                if self.fidelity is not None and "meta" in batch:
+                    self.fidelity.update(x, x_rec, batch["meta"])
+                self._val_images += x.shape[0]
 
     def on_validation_epoch_end(self):
         counts = self._val_counts
