@@ -83,7 +83,7 @@ class RMSNorm(nn.Module):
 def _dense_attention(q, k, v, **kw):
     """SDPA with grouped-query heads. On the CPU, bf16 q/k/v (autocast, `trainer.precision: bf16-mixed`) are
     attended in fp32: the CPU flash kernel's bf16 backward is slower than its fp32 one, while the
-    projections around it gain from bf16 (`python main.py bench --what train_step --precision ...`)."""
+    projections around it gain from bf16 (`python main.py bench --what train_step` prints both)."""
     if q.device.type == "cpu" and q.dtype == torch.bfloat16:
         with torch.autocast("cpu", enabled=False):
             return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), enable_gqa=True, **kw).to(q.dtype)
