@@ -39,7 +39,6 @@ class TruthPrefixGenerator:
     @torch.no_grad()
     def text_to_image(self, prompts: list[str], height: int, width: int, seed: int, offset: int = 0):
         from modules.ar.sampler import generate_images
-        from modules.common.images import to_uint8
 
         truth = self.truth.text_to_image(prompts, height, width, seed * 1_000_003 + offset)
         out = []
@@ -49,8 +48,7 @@ class TruthPrefixGenerator:
             if self.given > schedule.num_scales:
                 raise ValueError(f"--given {self.given}: the {height}x{width} schedule has {schedule.num_scales} scales")
             if self.rest == "dropped":  # the decoder sums the given scales only (a prefix decodes)
-                maps = [torch.stack([c[k] for _, c in encoded]) for k in range(self.given)]
-                out += list(to_uint8(self.ar.tokenizer.decode(maps, schedule)))
+                out += self.ar._decode([c[:self.given] for _, c in encoded], schedule)
                 continue
             cfg = dataclasses.replace(self.ar.sampling, seed=seed * 1_000_003 + offset + i)
             ids = [self.ar.text.encode(p) for p in prompts[i:i + self.batch_size]]
@@ -95,8 +93,9 @@ def run(ckpt: str, given: list[int], sampling: str = "configs/sampling/shapes_cf
 
     if rest not in ("model", "dropped"):
         raise InputError(f"--rest {rest}: use 'model' (the AR model samples the finer scales) or 'dropped'")
-    if not given or any(int(m) < (1 if rest == "dropped" else 0) for m in given):
-        raise InputError(f"--given {given}: pass numbers of truth scales >= 0, e.g. '[0, 2, 4, 6, 8]'")
+    least = 1 if rest == "dropped" else 0  # dropped with nothing from the truth has nothing to decode
+    if not given or any(int(m) < least for m in given):
+        raise InputError(f"--given {given}: pass numbers of truth scales >= {least}, e.g. '[{least}, 2, 4, 6, 8]'")
     overrides = {"guidance": [guidance], **({"top_k": [top_k]} if top_k is not None else {})}
     ((_, cfg),) = sampling_points([sampling], overrides)
     model, tokenizer, text = load_checkpoint(ckpt, tokenizer_ckpt, device)

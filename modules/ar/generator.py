@@ -35,7 +35,8 @@ class ARGenerator:
         return next(self.model.parameters()).device
 
     def _decode(self, codes: list[list[torch.Tensor]], schedule: ScaleSchedule, seed: int = 0) -> list[np.ndarray]:
-        maps = [torch.stack([c[k] for c in codes]) for k in range(schedule.num_scales)]
+        # every scale given, or a prefix of them (the tokenizer decodes the coarse scales alone)
+        maps = [torch.stack([c[k] for c in codes]) for k in range(len(codes[0]))]
         if self.refiner is not None:
             return list(to_uint8(self.refiner.refine_codes(maps, schedule, steps=self.refiner_steps, seed=seed)[0]))
         return list(to_uint8(self.tokenizer.decode(maps, schedule)))
