@@ -69,6 +69,19 @@ def test_euler_one_step_is_the_closed_form_update():
     torch.testing.assert_close(sample_flow(lambda x, t: const, x0, 5, shift=0.3), x0 + 0.3)
 
 
+def test_t_zero_fraction_trains_that_share_of_samples_at_the_sampling_start():
+    seen = []
+    net = lambda x, t: seen.append(t) or torch.zeros_like(x)  # noqa: E731
+    x1 = torch.randn(4000, 1, 1, 1)
+    flow_matching_loss(net, x1, torch.Generator().manual_seed(0), "data", t_zero_fraction=0.5)
+    t = seen[0]
+    assert 0.47 < float((t == 0).float().mean()) < 0.53
+    assert 0.45 < float(t[t > 0].mean()) < 0.55  # the rest stays uniform
+    seen.clear()
+    flow_matching_loss(net, x1, torch.Generator().manual_seed(0), "data")
+    assert float((seen[0] == 0).float().mean()) == 0.0
+
+
 def test_time_grid_shift_moves_steps_towards_the_data_end():
     assert time_grid(4) == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0])
     shifted = time_grid(4, 1 / 3)
@@ -155,7 +168,8 @@ def test_data_prediction_refiner_one_step_is_the_network_output_at_scaled_noise(
     x0 = 0.3 * torch.randn(decoded.shape, generator=torch.Generator().manual_seed(9))
     expect = (decoded + 0.2 * m.net(x0, torch.zeros(2), decoded, feats)).clamp(-1, 1)
     torch.testing.assert_close(m.refine(decoded, feats, steps=1, seed=9), expect)
-    for bad, match in (({"prediction": "noise"}, "prediction"), ({"noise_scale": 0.0}, "noise_scale")):
+    for bad, match in (({"prediction": "noise"}, "prediction"), ({"noise_scale": 0.0}, "noise_scale"),
+                       ({"t_zero_fraction": 1.0}, "t_zero_fraction")):
         with pytest.raises(ConfigError, match=match):
             RefinerModule(net=RefinerConfig.tiny(), **bad)
 

@@ -48,11 +48,17 @@ def as_velocity(network: Velocity, prediction: Prediction = "velocity") -> Veloc
 
 
 def flow_matching_loss(network: Velocity, x1: torch.Tensor, generator: torch.Generator | None = None,
-                       prediction: Prediction = "velocity", noise_scale: float = 1.0) -> torch.Tensor:
-    """With t ~ U(0, 1) per sample and x0 ~ N(0, noise_scale² I): E_{t, x0} ||v(x_t, t) - (x1 - x0)||²
-    for `velocity`, E_{t, x0} ||x̂1(x_t, t) - x1||² for `data`."""
+                       prediction: Prediction = "velocity", noise_scale: float = 1.0,
+                       t_zero_fraction: float = 0.0) -> torch.Tensor:
+    """With x0 ~ N(0, noise_scale² I) and per sample t = 0 with probability `t_zero_fraction`, else
+    t ~ U(0, 1): E_{t, x0} ||v(x_t, t) - (x1 - x0)||² for `velocity`, E_{t, x0} ||x̂1(x_t, t) - x1||²
+    for `data`. Every sample's first step starts at t = 0, where a uniform t trains almost nothing;
+    for `data` the t = 0 term is the regression loss, so the one-step sample is the trained mean."""
     x0 = noise_scale * torch.randn(x1.shape, generator=generator, device=x1.device, dtype=x1.dtype)
     t_B = torch.rand(x1.shape[0], generator=generator, device=x1.device, dtype=x1.dtype)
+    if t_zero_fraction > 0:
+        zero_B = torch.rand(x1.shape[0], generator=generator, device=x1.device) < t_zero_fraction
+        t_B = torch.where(zero_B, torch.zeros_like(t_B), t_B)
     t = _bcast(t_B, x1)
     x_t = (1 - t) * x0 + t * x1
     if prediction == "data":

@@ -69,6 +69,7 @@ class RefinerModule(pl.LightningModule):
         objective: Objective = "flow",
         prediction: Prediction = "velocity",  # the flow network's output: velocity, or data (x̂1; flow.py)
         noise_scale: float = 1.0,  # std of the flow's source noise, in units of the normalised residual
+        t_zero_fraction: float = 0.0,  # share of flow training samples at t = 0 (where sampling starts)
         cond_dropout: float = 0.1,  # P(condition zeroed) in flow training: enables guidance at sampling
         lr: float = 1e-3,
         weight_decay: float = 0.0,
@@ -89,6 +90,8 @@ class RefinerModule(pl.LightningModule):
             raise ConfigError(f"prediction {prediction!r} is not one of 'velocity', 'data'")
         if not noise_scale > 0:
             raise ConfigError(f"noise_scale must be > 0, got {noise_scale}")
+        if not 0.0 <= t_zero_fraction < 1.0:
+            raise ConfigError(f"t_zero_fraction must be in [0, 1), got {t_zero_fraction}")
         if not 0.0 <= cond_dropout < 1.0:
             raise ConfigError(f"cond_dropout must be in [0, 1), got {cond_dropout}")
         self._aux: dict[str, Any] = {"tokenizer": None}
@@ -182,7 +185,8 @@ class RefinerModule(pl.LightningModule):
             keep_B = (torch.rand(r.shape[0], device=r.device) >= self.hparams.cond_dropout).to(r.dtype)
             decoded, feats = decoded * keep_B.view(-1, 1, 1, 1), feats * keep_B.view(-1, 1, 1, 1)
         return flow_matching_loss(lambda x_t, t_B: self.net(x_t, t_B, decoded, feats), r,
-                                  prediction=self.hparams.prediction, noise_scale=self.hparams.noise_scale)
+                                  prediction=self.hparams.prediction, noise_scale=self.hparams.noise_scale,
+                                  t_zero_fraction=self.hparams.t_zero_fraction)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int):
         decoded, feats = self.batch_condition(batch)
