@@ -7,7 +7,7 @@ dataloader workers when there are any) by the encoder the model hands over at se
 (`RefinerModule.setup` -> `use_encoder`, with its tokenizer fingerprint), once per scene: with
 `cache: true` (the default) each scene's result is kept in memory, keyed by the sample key and
 the image's size and pixel sum, so every later epoch skips the tokenizer (its encoder and decoder
-cost as much as a small refiner's training step). The cache lives as long as the datamodule, so
+are a large share of a small refiner's training step). The cache lives as long as the datamodule, so
 it cannot outlive the tokenizer it was computed with, and it is off when `train_crop` is set
 (random windows make every epoch's pixels, and so their codes, new). A scene costs about
 60 KB at 64 px. `tokenizer_fingerprint` here (optional) pins the tokenizer file this data config
