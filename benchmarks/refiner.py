@@ -33,7 +33,7 @@ def _rows(flow, regression, steps):
 
 
 def _evaluate(flow, regression, val_dir: str, steps, sampler: str, max_images: int, batch_size: int, seed: int,
-              crops: int = 0):
+              crops: int = 0, shift: float | None = None):
     from datamodules.refiner_dm import RefinerDataModule
     from evaluation import image_quality as iq
     from modules.refiner import CodeEncoder
@@ -49,7 +49,7 @@ def _evaluate(flow, regression, val_dir: str, steps, sampler: str, max_images: i
         if seen >= max_images:
             break
         x = batch["image"]
-        decoded, feats = flow.condition(batch["codes"])
+        decoded, feats = flow.batch_condition(batch)
         refs.append(x)
         real_feats.append(extractor(x).numpy())
         outs = {}
@@ -59,7 +59,7 @@ def _evaluate(flow, regression, val_dir: str, steps, sampler: str, max_images: i
             elif spec[0] == "regression":
                 out = regression.refine(decoded, feats)
             else:
-                out = flow.refine(decoded, feats, steps=spec[1], sampler=sampler, seed=seed + b)
+                out = flow.refine(decoded, feats, steps=spec[1], sampler=sampler, seed=seed + b, shift=shift)
             outs[name] = out
             acc[name]["x"].append(out)
             acc[name]["feat"].append(extractor(out).numpy())
@@ -121,7 +121,7 @@ def format_table(tables: dict) -> str:
 def bench_refiner(ckpt: str, regression_ckpt: str | None = None, val_dir: str | None = None,
                   val128_dir: str | None = None, steps: tuple[int, ...] = (1, 2, 4, 8), sampler: str = "euler",
                   max_images: int = 256, max_images_128: int = 128, batch_size: int = 32, seed: int = 0,
-                  out: str | None = None, crops: int = 8) -> dict:
+                  out: str | None = None, crops: int = 8, shift: float | None = None) -> dict:
     from modules.common.errors import ConfigError
     from modules.refiner import load_refiner
 
@@ -141,15 +141,16 @@ def bench_refiner(ckpt: str, regression_ckpt: str | None = None, val_dir: str | 
             d = Path(out)
             d.mkdir(parents=True, exist_ok=True)
             (d / "table.json").write_text(json.dumps({"ckpt": ckpt, "regression_ckpt": regression_ckpt,
-                                                      "sampler": sampler, "tables": tables}, indent=1))
+                                                      "sampler": sampler, "shift": flow.hparams.sampling_shift
+                                                      if shift is None else shift, "tables": tables}, indent=1))
             if crop_imgs is not None and crops:
                 save_crops(crop_imgs, d / "crops.png")
             print(f"wrote {d / 'table.json'}", flush=True)
 
-    write("64 px", *_evaluate(flow, regression, val_dir, steps, sampler, max_images, batch_size, seed, crops))
+    write("64 px", *_evaluate(flow, regression, val_dir, steps, sampler, max_images, batch_size, seed, crops, shift))
     if val128_dir:
         write("128 px", _evaluate(flow, regression, val128_dir, steps, sampler, max_images_128,
-                                  max(1, batch_size // 4), seed)[0])
+                                  max(1, batch_size // 4), seed, shift=shift)[0])
     return tables
 
 

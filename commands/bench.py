@@ -252,7 +252,7 @@ BENCHES = {"fused_ce": bench_fused_ce, "train_step": bench_train_step, "sampling
 def run(what: str = "all", device: str = "cpu", calibrate: bool = False, costs: str | None = None,
         real_ranks: int = 0, ckpt: str | None = None, regression_ckpt: str | None = None,
         val_dir: str | None = None, val128_dir: str | None = None, out: str | None = None,
-        max_images: int = 256) -> dict:
+        max_images: int = 256, shift: float | None = None) -> dict:
     """Print speed/memory benchmarks side by side with their baselines (fused_ce, train_step, sampling,
     packing), or the refiner's metric table (refiner).
 
@@ -269,13 +269,15 @@ def run(what: str = "all", device: str = "cpu", calibrate: bool = False, costs: 
         val128_dir: refiner: held-out raw shards at 128 px (optional agreement at 128 px).
         out: refiner: folder for table.json and crops.png.
         max_images: refiner: images scored at 64 px.
+        shift: refiner: the flow sampler's time shift (default: the checkpoint's sampling_shift).
     """
     from commands import UsageError
 
     if what == "refiner":
         from benchmarks.refiner import bench_refiner
 
-        return {"refiner": bench_refiner(ckpt, regression_ckpt, val_dir, val128_dir, out=out, max_images=max_images)}
+        return {"refiner": bench_refiner(ckpt, regression_ckpt, val_dir, val128_dir, out=out, max_images=max_images,
+                                            shift=shift)}
     if what != "all" and what not in BENCHES:
         raise UsageError(f"unknown benchmark {what!r}; choose one of {['all', *BENCHES, 'refiner']}")
     if (calibrate or costs or real_ranks) and what != "packing":

@@ -73,12 +73,13 @@ class Sizes:
             return cls(train_scenes=3000, val_scenes=256, train128_scenes=1500, geneval_images_per_prompt=1,
                        # the tokenizer stages' own 900/1000/1200 steps: shortened to fit the refiner,
                        # the tokenizer loses agreement and PSNR (README), so the refiner is off by
-                       # default (`--refiner_steps 200` runs it: about 5 more minutes)
+                       # default (`--refiner_steps 2000` runs it: two fits capped at 5 minutes each,
+                       # then its bench)
                        # 2,400 AR steps: with bf16 autocast they take about the time 1,400 fp32 steps
                        # took (README, "Where it stands")
                        geneval_prompts=None, tokenizer_steps=None, ar_steps=2400, ar_minutes=10,
                        rl_steps=24, rl_minutes=2.5,
-                       refiner={"steps": 0, "minutes": 1.5, "images": 128},
+                       refiner={"steps": 0, "minutes": 5, "images": 256},
                        ar_model={"n_layer": 4, "n_embd": 192, "n_head": 6, "n_query_groups": 2,
                                  "intermediate_size": 512},
                        # no scale dropping in stages 1-2 (the stage configs keep NF's 0.5; the README, quickstart

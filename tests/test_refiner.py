@@ -11,8 +11,8 @@ import torch
 
 from evaluation import image_quality as iq
 from modules.common.errors import ConfigError
-from modules.refiner import (RefinerConfig, RefinerModule, RefinerNet, flow_matching_loss, guided, load_refiner,
-                             sample_flow)
+from modules.refiner import (RefinerConfig, RefinerModule, RefinerNet, as_velocity, flow_matching_loss, guided,
+                             load_refiner, sample_flow, time_grid)
 from tests._tiny_checkpoints import write_tiny_checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,6 +66,58 @@ def test_euler_one_step_is_the_closed_form_update():
     # Euler on a linear field v = x1 - x0 at t = 0 reaches x1 in one step; a constant field in any number
     const = torch.full_like(x0, 0.3)
     torch.testing.assert_close(sample_flow(lambda x, t: const, x0, 7), x0 + 0.3)
+    torch.testing.assert_close(sample_flow(lambda x, t: const, x0, 5, shift=0.3), x0 + 0.3)
+
+
+def test_t_zero_fraction_trains_that_share_of_samples_at_the_sampling_start():
+    seen = []
+    net = lambda x, t: seen.append(t) or torch.zeros_like(x)  # noqa: E731
+    x1 = torch.randn(4000, 1, 1, 1)
+    flow_matching_loss(net, x1, torch.Generator().manual_seed(0), "data", t_zero_fraction=0.5)
+    t = seen[0]
+    assert 0.47 < float((t == 0).float().mean()) < 0.53
+    assert 0.45 < float(t[t > 0].mean()) < 0.55  # the rest stays uniform
+    seen.clear()
+    flow_matching_loss(net, x1, torch.Generator().manual_seed(0), "data")
+    assert float((seen[0] == 0).float().mean()) == 0.0
+
+
+def test_time_grid_shift_moves_steps_towards_the_data_end():
+    assert time_grid(4) == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0])
+    shifted = time_grid(4, 1 / 3)
+    assert shifted[0] == pytest.approx(0.0) and shifted[-1] == pytest.approx(1.0)
+    assert shifted == sorted(shifted)
+    # σ = 0.75 -> (0.75 / 3) / (1 - 2/3 · 0.75) = 0.5: the first step covers half the way
+    assert shifted[1] == pytest.approx(0.5)
+    assert time_grid(4, 3.0)[1] < 0.25  # shift > 1: small steps at the noise end
+    seen = []
+    sample_flow(lambda x, t: seen.append(float(t[0])) or torch.zeros_like(x), torch.zeros(1, 3, 2, 2), 4, shift=1 / 3)
+    assert seen == pytest.approx(shifted[:-1])
+    with pytest.raises(ValueError, match="shift"):
+        time_grid(4, 0.0)
+
+
+def test_data_prediction_one_euler_step_returns_the_networks_x1_and_its_loss_is_in_data_space():
+    net = _net()
+    decoded, feats = _cond()
+    x1_hat = lambda x, t: net(x, t, decoded, feats)  # noqa: E731  (the network predicts x1)
+    x0 = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    v = as_velocity(x1_hat, "data")
+    # one step from t = 0: x0 + (x̂1 - x0) / 1 = x̂1(x0, 0), the regression mean at the optimum
+    torch.testing.assert_close(sample_flow(v, x0, 1), x1_hat(x0, torch.zeros(2)))
+    # the last of n steps lands on the network's prediction at t = 1 - 1/n
+    x_mid = sample_flow(v, x0, 2)  # 2 steps: x_{1/2}, then x̂1(x_{1/2}, 1/2)
+    x_half = x0 + 0.5 * (x1_hat(x0, torch.zeros(2)) - x0)
+    torch.testing.assert_close(x_mid, x1_hat(x_half, torch.full((2,), 0.5)))
+    # loss: ||x̂1(x_t, t) - x1||² with the same draws of t and x0
+    x1 = decoded.flip(1)
+    g = torch.Generator().manual_seed(3)
+    e0, t_B = torch.randn(x1.shape, generator=g), torch.rand(2, generator=g)
+    x_t = (1 - t_B.view(-1, 1, 1, 1)) * e0 + t_B.view(-1, 1, 1, 1) * x1
+    expect = ((x1_hat(x_t, t_B) - x1) ** 2).mean()
+    torch.testing.assert_close(flow_matching_loss(x1_hat, x1, torch.Generator().manual_seed(3), "data"), expect)
+    with pytest.raises(ValueError, match="prediction"):
+        as_velocity(x1_hat, "noise")
 
 
 def test_guidance_weight_one_is_the_conditional_field_and_two_extrapolates():
@@ -81,9 +133,9 @@ def tiny(tmp_path_factory):
     return d
 
 
-def _module(tok_ckpt, objective="flow", seed=0):
+def _module(tok_ckpt, objective="flow", seed=0, **kwargs):
     torch.manual_seed(seed)
-    m = RefinerModule(str(tok_ckpt), net=RefinerConfig.tiny(), objective=objective)
+    m = RefinerModule(str(tok_ckpt), net=RefinerConfig.tiny(), objective=objective, **kwargs)
     torch.nn.init.normal_(m.net.out.weight, std=0.1)
     m.residual_scale.fill_(0.2)
     return m.eval()
@@ -107,6 +159,19 @@ def test_refined_output_has_the_decoders_shape_and_range_and_euler_one_step_matc
     x0 = torch.randn(decoded.shape, generator=torch.Generator().manual_seed(9))
     expect = (decoded + 0.2 * (x0 + m.net(x0, torch.zeros(2), decoded, feats))).clamp(-1, 1)
     torch.testing.assert_close(m.refine(decoded, feats, steps=1, seed=9), expect)
+
+
+def test_data_prediction_refiner_one_step_is_the_network_output_at_scaled_noise(tiny):
+    m = _module(tiny / "tok.ckpt", prediction="data", noise_scale=0.3)
+    _, codes = _codes(m)
+    decoded, feats = m.condition(codes)
+    x0 = 0.3 * torch.randn(decoded.shape, generator=torch.Generator().manual_seed(9))
+    expect = (decoded + 0.2 * m.net(x0, torch.zeros(2), decoded, feats)).clamp(-1, 1)
+    torch.testing.assert_close(m.refine(decoded, feats, steps=1, seed=9), expect)
+    for bad, match in (({"prediction": "noise"}, "prediction"), ({"noise_scale": 0.0}, "noise_scale"),
+                       ({"t_zero_fraction": 1.0}, "t_zero_fraction")):
+        with pytest.raises(ConfigError, match=match):
+            RefinerModule(net=RefinerConfig.tiny(), **bad)
 
 
 def test_sampler_is_seed_deterministic(tiny):
@@ -168,6 +233,44 @@ def test_datamodule_refuses_an_encoder_of_another_tokenizer(tmp_path):
         dm.use_encoder(lambda x: [], "bbbb")
     dm.use_encoder(lambda x: ["codes"], "aaaa")  # the same file: accepted
     assert dm.encoder(None) == ["codes"]
+
+
+def test_datamodule_caches_each_scenes_condition_and_equals_the_uncached_batches(tiny, tmp_path):
+    from datamodules.refiner_dm import RefinerDataModule
+    from modules.refiner import CodeEncoder
+    from tests._tokenizer_data import write_raw_shards
+
+    write_raw_shards(tmp_path / "val", [(32, 32)] * 6 + [(64, 32)] * 4, samples_per_shard=10)
+    m = _module(tiny / "tok.ckpt")
+    calls = []
+
+    class Counting(CodeEncoder):
+        def __call__(self, images):
+            calls.append(images.shape[0])
+            return super().__call__(images)
+
+    def batches(cache):
+        dm = RefinerDataModule(val_dir=str(tmp_path / "val"), val_batch_size=4, multiple_of=4, cache=cache)
+        dm.use_encoder(Counting(m.tokenizer), None)
+        return dm, [b for b in dm.val_dataloader()]
+
+    dm, first = batches(cache=True)
+    n = sum(len(b["key"]) for b in first)
+    assert n >= 8 and sum(calls) == n and len(dm._cached) == n
+    second = [b for b in dm.val_dataloader()]
+    assert sum(calls) == n  # the second pass encodes nothing
+    _, plain = batches(cache=False)
+    assert sum(calls) == 2 * n
+    for a, b, c in zip(first, second, plain):
+        assert a["key"] == b["key"] == c["key"]
+        for name in ("decoded", "features"):
+            assert torch.equal(a[name], b[name]) and torch.allclose(a[name], c[name], atol=1e-6)
+        assert all(torch.equal(x, y) for x, y in zip(a["codes"], c["codes"]))
+        # the condition the module computes from the codes is the cached one
+        decoded, feats = m.condition(a["codes"])
+        assert torch.allclose(decoded, a["decoded"], atol=1e-6) and torch.allclose(feats, a["features"], atol=1e-6)
+    crop = RefinerDataModule(val_dir=str(tmp_path / "val"), multiple_of=4, train_crop=16)
+    assert crop.cache is False  # random windows: every epoch's pixels are new
 
 
 # ----------------------------------------------------------------------------- metrics

@@ -9,7 +9,7 @@ the checkpoint). Condition: the decoded image and the code features f̂ of the s
 
 The frozen tokenizer (`tokenizer_ckpt`) is not part of the checkpoint; its file fingerprint is,
 so a refiner is never applied to codes of another tokenizer (`load_refiner`). At setup the module
-hands the datamodule a `CodeEncoder` (images -> codes) built on that tokenizer.
+hands the datamodule a `CodeEncoder` (images -> codes and their condition) built on that tokenizer.
 """
 from __future__ import annotations
 
@@ -25,22 +25,40 @@ from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMe
 from modules.common.checkpoints import load_checkpoint
 from modules.common.errors import ConfigError
 from modules.common.lr_schedule import warmup_cosine
-from modules.refiner.flow import flow_matching_loss, guided, sample_flow
+from modules.refiner.flow import Prediction, as_velocity, flow_matching_loss, guided, sample_flow
 from modules.refiner.net import RefinerConfig, RefinerNet
 
 Objective = Literal["flow", "regression"]
 
 
+def code_condition(tokenizer, indices: list, schedule=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(decoded image B×3×H×W in [-1, 1], f̂ = [hat_sem; hat_pix] on the token grid) of per-scale
+    index maps through a frozen tokenizer; `schedule` defaults to the tokenizer's for the last map's grid."""
+    if schedule is None:
+        h, w = indices[-1].shape[-2:]
+        schedule = tokenizer.schedule_for(h * tokenizer.patch, w * tokenizer.patch)
+    device = next(tokenizer.parameters()).device
+    hat_sem, hat_pix = tokenizer.quantizer.indices_to_features([i.to(device) for i in indices], schedule,
+                                                               tokenizer.config.use_semantic)
+    decoded = tokenizer.decode_features(hat_sem, hat_pix).clamp(-1, 1)
+    return decoded, torch.cat([hat_sem, hat_pix], dim=1)
+
+
 class CodeEncoder:
-    """Images (B×3×H×W in [-1, 1]) -> per-scale top-1 index maps (the tokenizer's schedule for the
-    image size) with a frozen tokenizer; picklable, so dataloader workers can run it."""
+    """Images (B×3×H×W in [-1, 1]) -> {"codes": per-scale top-1 index maps (the tokenizer's schedule
+    for the image size), "decoded", "features": the refiner's condition of those codes
+    (`code_condition`)} with a frozen tokenizer, on CPU tensors; picklable, so dataloader workers
+    can run it."""
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
 
     @torch.no_grad()
-    def __call__(self, images: torch.Tensor):
-        return self.tokenizer.encode(images).targets
+    def __call__(self, images: torch.Tensor) -> dict[str, Any]:
+        device = next(self.tokenizer.parameters()).device
+        codes = self.tokenizer.encode(images.to(device)).targets
+        decoded, features = code_condition(self.tokenizer, codes)
+        return {"codes": [c.cpu() for c in codes], "decoded": decoded.cpu(), "features": features.cpu()}
 
 
 class RefinerModule(pl.LightningModule):
@@ -49,6 +67,9 @@ class RefinerModule(pl.LightningModule):
         tokenizer_ckpt: str | None = None,
         net: RefinerConfig | None = None,
         objective: Objective = "flow",
+        prediction: Prediction = "velocity",  # the flow network's output: velocity, or data (x̂1; flow.py)
+        noise_scale: float = 1.0,  # std of the flow's source noise, in units of the normalised residual
+        t_zero_fraction: float = 0.0,  # share of flow training samples at t = 0 (where sampling starts)
         cond_dropout: float = 0.1,  # P(condition zeroed) in flow training: enables guidance at sampling
         lr: float = 1e-3,
         weight_decay: float = 0.0,
@@ -57,6 +78,7 @@ class RefinerModule(pl.LightningModule):
         scale_batches: int = 8,
         val_steps: int = 4,
         val_sampler: Literal["euler", "heun"] = "euler",
+        sampling_shift: float = 1.0,  # time_grid's shift for sampling (flow.py); < 1: steps near the data end
         guidance: float = 1.0,
         seed: int = 0,
     ):
@@ -64,6 +86,12 @@ class RefinerModule(pl.LightningModule):
         self.save_hyperparameters()
         if objective not in ("flow", "regression"):
             raise ConfigError(f"objective {objective!r} is not one of 'flow', 'regression'")
+        if prediction not in ("velocity", "data"):
+            raise ConfigError(f"prediction {prediction!r} is not one of 'velocity', 'data'")
+        if not noise_scale > 0:
+            raise ConfigError(f"noise_scale must be > 0, got {noise_scale}")
+        if not 0.0 <= t_zero_fraction < 1.0:
+            raise ConfigError(f"t_zero_fraction must be in [0, 1), got {t_zero_fraction}")
         if not 0.0 <= cond_dropout < 1.0:
             raise ConfigError(f"cond_dropout must be in [0, 1), got {cond_dropout}")
         self._aux: dict[str, Any] = {"tokenizer": None}
@@ -104,16 +132,15 @@ class RefinerModule(pl.LightningModule):
 
     @torch.no_grad()
     def condition(self, indices: list, schedule=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(decoded image B×3×H×W in [-1, 1], f̂ = [hat_sem; hat_pix] on the token grid) of index
-        maps; `schedule` defaults to the tokenizer's for the last map's grid."""
-        tok = self.tokenizer
-        if schedule is None:
-            h, w = indices[-1].shape[-2:]
-            schedule = tok.schedule_for(h * tok.patch, w * tok.patch)
-        hat_sem, hat_pix = tok.quantizer.indices_to_features([i.to(self.device) for i in indices], schedule,
-                                                             tok.config.use_semantic)
-        decoded = tok.decode_features(hat_sem, hat_pix).clamp(-1, 1)
-        return decoded, torch.cat([hat_sem, hat_pix], dim=1)
+        """(decoded image, f̂) of per-scale index maps (`code_condition`)."""
+        return code_condition(self.tokenizer, indices, schedule)
+
+    def batch_condition(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The condition of a batch: computed once by the datamodule's encoder (and cached there)
+        when the batch carries it, else from its codes."""
+        if "decoded" in batch:
+            return batch["decoded"], batch["features"]
+        return self.condition(batch["codes"])
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
@@ -137,7 +164,8 @@ class RefinerModule(pl.LightningModule):
             if i >= self.hparams.scale_batches:
                 break
             x = batch["image"].to(self.device)
-            decoded, _ = self.condition(batch["codes"])
+            decoded, _ = self.batch_condition(batch)
+            decoded = decoded.to(self.device)
             total, count = total + float(((x - decoded) ** 2).sum()), count + x.numel()
         if count == 0:
             raise ConfigError("no training batch to estimate the residual scale from; check data.init_args.train_dir")
@@ -145,7 +173,7 @@ class RefinerModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ objective
     def _velocity(self, decoded, feats):
-        return lambda x_t, t_B: self.net(x_t, t_B, decoded, feats)
+        return as_velocity(lambda x_t, t_B: self.net(x_t, t_B, decoded, feats), self.hparams.prediction)
 
     def loss(self, x_B3HW: torch.Tensor, decoded: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
         scale = self.residual_scale.clamp_min(1e-4)
@@ -156,10 +184,12 @@ class RefinerModule(pl.LightningModule):
         if self.hparams.cond_dropout > 0:
             keep_B = (torch.rand(r.shape[0], device=r.device) >= self.hparams.cond_dropout).to(r.dtype)
             decoded, feats = decoded * keep_B.view(-1, 1, 1, 1), feats * keep_B.view(-1, 1, 1, 1)
-        return flow_matching_loss(self._velocity(decoded, feats), r)
+        return flow_matching_loss(lambda x_t, t_B: self.net(x_t, t_B, decoded, feats), r,
+                                  prediction=self.hparams.prediction, noise_scale=self.hparams.noise_scale,
+                                  t_zero_fraction=self.hparams.t_zero_fraction)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int):
-        decoded, feats = self.condition(batch["codes"])
+        decoded, feats = self.batch_condition(batch)
         loss = self.loss(batch["image"], decoded, feats)
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=batch["image"].shape[0])
         return loss
@@ -168,7 +198,7 @@ class RefinerModule(pl.LightningModule):
     @torch.no_grad()
     def refine(self, decoded: torch.Tensor, feats: torch.Tensor, steps: int = 4,
                sampler: Literal["euler", "heun"] = "euler", guidance: float | None = None,
-               seed: int | None = None) -> torch.Tensor:
+               seed: int | None = None, shift: float | None = None) -> torch.Tensor:
         """The refined image (shape and [-1, 1] range of `decoded`). Flow: `steps` Euler/Heun steps
         from noise drawn with `seed` (the same seed gives the same image); regression: one call."""
         if float(self.residual_scale) == 0.0:
@@ -178,11 +208,11 @@ class RefinerModule(pl.LightningModule):
             r = self.net(torch.zeros_like(decoded), torch.zeros(B, device=decoded.device), decoded, feats)
         else:
             g = torch.Generator().manual_seed(self.hparams.seed if seed is None else seed)
-            x0 = torch.randn(decoded.shape, generator=g).to(decoded)
+            x0 = self.hparams.noise_scale * torch.randn(decoded.shape, generator=g).to(decoded)
             w = self.hparams.guidance if guidance is None else guidance
             v = guided(self._velocity(decoded, feats),
                        self._velocity(torch.zeros_like(decoded), torch.zeros_like(feats)), w)
-            r = sample_flow(v, x0, steps, sampler)
+            r = sample_flow(v, x0, steps, sampler, self.hparams.sampling_shift if shift is None else shift)
         return (decoded + self.residual_scale * r).clamp(-1, 1)
 
     @torch.no_grad()
@@ -194,7 +224,7 @@ class RefinerModule(pl.LightningModule):
     # ------------------------------------------------------------------ validation
     def validation_step(self, batch: dict[str, Any], batch_idx: int):
         x = batch["image"]
-        decoded, feats = self.condition(batch["codes"])
+        decoded, feats = self.batch_condition(batch)
         refined = self.refine(decoded, feats, steps=self.hparams.val_steps, sampler=self.hparams.val_sampler,
                               seed=self.hparams.seed + batch_idx)
         self.psnr.update((refined + 1) / 2, (x + 1) / 2)
