@@ -75,6 +75,11 @@ class ShardDataModule(pl.LightningDataModule):
         self.max_skipped_fraction = max_skipped_fraction
         self.skipped_counters: list = []
         self.sample_counts = {"train": SampleCounts(num_workers), "val": SampleCounts(num_workers)}
+        # samples read so far from each training stream, by all ranks (saved in checkpoints), and
+        # the stream now open with the train count at its opening: each epoch's loader starts where
+        # the last one of its stream stopped (shards.shuffled_passes says why)
+        self.stream_positions: dict[str, int] = {}
+        self._open_stream: tuple[str, int] | None = None
 
     # --------------------------------------------------------------- subclass hooks
     def decode(self, sample: dict[str, Any]) -> Any:
@@ -124,6 +129,30 @@ class ShardDataModule(pl.LightningDataModule):
                              f"{self.world_size} rank(s); lower the batch size or write more samples")
         return total // (self.world_size * batch_size)
 
+    # --------------------------------------------------------------- stream positions
+    def _close_stream(self) -> None:
+        """Add what the open training stream read (all ranks: every rank reads as many) to its position."""
+        if self._open_stream is not None:
+            key, read_at_open = self._open_stream
+            read = self.sample_counts["train"].read
+            ranks = self.world_size if self.split_nodes(True) else 1
+            self.stream_positions[key] = self.stream_positions.get(key, 0) + ranks * (read - read_at_open)
+            self._open_stream = (key, read)
+
+    def stream_position(self, key: str) -> int:
+        """Where the training stream `key` resumes; from now on, reads count towards it."""
+        self._close_stream()
+        self._open_stream = (key, self.sample_counts["train"].read)
+        return self.stream_positions.get(key, 0)
+
+    def state_dict(self) -> dict[str, Any]:
+        self._close_stream()
+        return {"stream_positions": dict(self.stream_positions)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.stream_positions = {str(k): int(v) for k, v in state_dict.get("stream_positions", {}).items()}
+        self._open_stream = None
+
     def _loader(self, directory: str | list[str] | None, batch_size: int, train: bool):
         if directory is None:
             raise ConfigError(
@@ -135,8 +164,9 @@ class ShardDataModule(pl.LightningDataModule):
             urls,
             self.decode_train if train else self.decode,
             shuffle=train,
-            seed=self.seed + (self.trainer.current_epoch if self.trainer is not None else 0),
+            seed=self.seed,
             repeat=True,  # infinite per worker; the loader cuts equal epochs per rank
+            position=self.stream_position(str(directory)) if train else None,
             world_size=self.world_size,
             num_workers=self.num_workers,
             shuffle_buffer=self.shuffle_buffer,

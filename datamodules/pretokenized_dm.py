@@ -224,12 +224,16 @@ class PretokenizedDataModule(ShardDataModule):
         from datamodules.shards import make_stream, shard_urls
 
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        # one position for the whole mixture; each source has read its weight's share of it
+        position = self.stream_position(str([src["train_dir"] for src in self.mixture]))
+        total_weight = sum(src["weight"] for src in self.mixture)
         streams = []
         for k, src in enumerate(self.mixture):
             stream, counter = make_stream(
                 shard_urls(src["train_dir"]), functools.partial(self._decode_source, float(src["loss_weight"])),
-                shuffle=True, seed=self.seed + epoch + 7919 * k, repeat=True, world_size=self.world_size,
-                num_workers=self.num_workers, shuffle_buffer=self.shuffle_buffer, counts=self.sample_counts["train"])
+                shuffle=True, seed=self.seed + 7919 * k, repeat=True, world_size=self.world_size,
+                num_workers=self.num_workers, shuffle_buffer=self.shuffle_buffer, counts=self.sample_counts["train"],
+                position=int(position * src["weight"] / total_weight))
             self.skipped_counters.append(counter)
             streams.append(stream)
         batches = MixedBatches(streams, [src["weight"] for src in self.mixture], self.batch_size, self.bucket_key,
@@ -314,8 +318,9 @@ class PretokenizedDataModule(ShardDataModule):
         return [] if self.val_dir is None else super().val_dataloader()  # no val_dir: no validation
 
     def state_dict(self) -> dict:
-        return {"phase": self.phase}
+        return {**super().state_dict(), "phase": self.phase}
 
     def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
         if state.get("phase") is not None and self.train_dirs:
             self.set_phase(state["phase"])

@@ -4,6 +4,7 @@ per-sample loss weights), the calibration fit and the datamodule option."""
 from __future__ import annotations
 
 import random
+from collections import Counter
 
 import pytest
 import torch
@@ -174,10 +175,11 @@ class _Recording:
     """The AR batcher, recording the keys of the items each batch holds."""
 
     def __init__(self, batcher, window):
-        self.batcher, self.window, self.measured, self.keys = batcher, window, 0, {}
+        self.batcher, self.window, self.measured, self.keys, self.stream = batcher, window, 0, {}, []
 
     def sequence_stats(self, item):
         self.measured += 1
+        self.stream.append((item["key"], item["schedule"].final_grid))
         return self.batcher.sequence_stats(item)
 
     def __call__(self, items, **kw):
@@ -197,7 +199,7 @@ def test_datamodule_compute_packing_splits_windows_over_ranks(tmp_path, monkeypa
 
     dirs = [make_shards(tmp_path / "a", side=3, n=8), make_shards(tmp_path / "b", side=6, n=8, seed=1)]
     module = ARModule(overrides=TINY, cond_dropout=0.0)
-    seen = {}
+    seen, streams = {}, {}
     for rank in (0, 1):
         monkeypatch.setenv("WORLD_SIZE", "2")
         monkeypatch.setenv("RANK", str(rank))
@@ -208,12 +210,15 @@ def test_datamodule_compute_packing_splits_windows_over_ranks(tmp_path, monkeypa
         assert len(batches) == 16 // (2 * 2)  # the epoch: batch_size-sized batches' worth per rank
         assert all(isinstance(b, IndexBatch) and b.tokens.ids.shape[0] == 1 and b.loss_norm > 0 for b in batches)
         assert all((b.tokens.sample >= 0).sum() <= 400 for b in batches)
-        seen[rank] = dm.batcher.keys
-    for window in set(seen[0]) & set(seen[1]):  # per window: equal counts, disjoint, all 8 samples
+        seen[rank], streams[rank] = dm.batcher.keys, dm.batcher.stream
+    # per window: equal counts, and the two ranks' parts are exactly the window's 8 samples (a
+    # multiset: an endless shuffled stream may hold one sample twice across a pass's seam)
+    assert streams[0] == streams[1]  # both ranks read the same stream
+    for window in set(seen[0]) & set(seen[1]):
         mbs = [seen[r][window] for r in (0, 1)]
         assert len(mbs[0]) == len(mbs[1])
         keys = [k for r in (0, 1) for mb in mbs[r] for k in mb]
-        assert len(keys) == len(set(keys)) == 8
+        assert Counter(keys) == Counter(streams[0][8 * window:8 * window + 8])
     assert 0 in seen[0] and 0 in seen[1]
     with pytest.raises(ConfigError, match="packing"):
         PretokenizedDataModule(train_dir=dirs, packing="greedy")

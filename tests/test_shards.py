@@ -64,7 +64,9 @@ def test_raw_datamodule_buckets_and_skips_corrupt(tmp_path):
         return sample
 
     write_shards(make, 40, tmp_path, samples_per_shard=10)
-    dm = RawShardDataModule(train_dir=str(tmp_path), batch_size=4)
+    # a buffer smaller than the data: the epoch reads the first pass (a larger one draws from later
+    # passes too, and may never emit the corrupt sample in 40 draws)
+    dm = RawShardDataModule(train_dir=str(tmp_path), batch_size=4, shuffle_buffer=4)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         batches = list(dm.train_dataloader())
@@ -137,3 +139,51 @@ def test_train_crop_cuts_training_windows_only(tmp_path):
     assert len(tops) > 3  # random windows, not one fixed corner
     with pytest.raises(ValueError, match="train_crop 4"):
         RawShardDataModule(train_dir=str(tmp_path / "d"), train_crop=4, multiple_of=8)
+
+
+def _epoch_keys(dm, batches_per_epoch: int) -> list[str]:
+    """One short (virtual) epoch: a fresh loader, as Lightning's reload_dataloaders_every_n_epochs
+    builds one, cut after `batches_per_epoch` batches like limit_train_batches."""
+    import itertools
+
+    return [k for b in itertools.islice(iter(dm.train_dataloader()), batches_per_epoch) for k in b["key"]]
+
+
+def test_short_epochs_read_every_sample_not_each_shard_head(tmp_path):
+    """Epochs shorter than a shard continue the stream: 3 shards of 40, epochs of 20 samples.
+    Restarting every shard at its first sample (the old loader) can read at most the first
+    20 + buffer samples of each shard however long it trains."""
+    write_shards(lambda i: _image_sample(2 * i), 120, tmp_path, samples_per_shard=40)
+    dm = RawShardDataModule(train_dir=str(tmp_path), batch_size=4, shuffle_buffer=8)
+    read = [_epoch_keys(dm, 5) for _ in range(12)]  # two passes' worth
+    distinct = {k for keys in read for k in keys}
+    assert len(distinct) >= 110, len(distinct)
+    assert len(set(read[0]) & set(read[1])) <= 4  # the second epoch reads on, it does not start over
+    first_pass = {k for keys in read[:6] for k in keys}
+    assert len(first_pass) >= 100  # each pass reads (almost) every sample once
+    # the position is saved with the checkpoint: a restored datamodule reads on from there
+    state = dm.state_dict()
+    fresh = RawShardDataModule(train_dir=str(tmp_path), batch_size=4, shuffle_buffer=8)
+    fresh.load_state_dict(state)
+    assert _epoch_keys(fresh, 5) == _epoch_keys(dm, 5)
+
+
+def test_shuffled_passes_start_at_the_position():
+    import itertools
+
+    from datamodules.shards import shuffled_passes
+
+    urls, sizes = ["a", "b", "c"], [10, 20, 5]
+    first = list(itertools.islice(shuffled_passes(urls, sizes, seed=3, position=0), 6))
+    assert all(skip == 0 for _, skip in first) and sorted(u for u, _ in first[:3]) == urls
+    assert sorted(u for u, _ in first[3:]) == urls and first[:3] != first[3:]  # the next pass reshuffles
+    order = [u for u, _ in first[:3]]
+    cum = 0
+    for name in order:  # position 12 lies in whichever shard the pass's sizes put it
+        size = sizes[urls.index(name)]
+        if 12 < cum + size:
+            assert next(shuffled_passes(urls, sizes, seed=3, position=12)) == (name, 12 - cum)
+            break
+        cum += size
+    # one whole pass later: the second pass, from its start
+    assert list(itertools.islice(shuffled_passes(urls, sizes, seed=3, position=35), 3)) == first[3:]
