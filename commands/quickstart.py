@@ -28,7 +28,7 @@ class Sizes:
     """How big each stage is. `default` fits the CPU budget (about 30 min on 2 cores);
     `toy` runs every stage for a few steps (the end-to-end test)."""
 
-    train_scenes: int
+    train_scenes: int  # the tokenizer's 64 px training scenes
     val_scenes: int
     geneval_images_per_prompt: int
     geneval_prompts: int | None  # None = all 553
@@ -49,6 +49,12 @@ class Sizes:
     # (modules/common/devices.py; README, "Where it stands", has the measurement)
     ar_precision: str = "32-true"
     tokenizer_precision: str = "32-true"
+    ar_scenes: int | None = None  # the AR model's 64 px training scenes (None: train_scenes)
+    # the whole quickstart's wall clock (None: no budget). Training stages share what is left after
+    # `reserve_minutes` for the evaluation stages (`Budget`), so on a slow CPU they stop on time
+    # instead of on steps, and the record says where each stopped
+    budget_minutes: float | None = None
+    reserve_minutes: float = 7.0
     prompt_mix: float = 0.5  # fraction of the AR model's 64 px scenes that realise GenEval-template prompts
     min_object_px: int = 24  # smallest object side in the 64 px scenes (3 tokens of the patch-8 tokenizer)
     # prefix-tuning GRPO after the AR stage (configs/experiment/rl_shapes_grpo.yaml): optimizer steps
@@ -94,6 +100,9 @@ class Sizes:
                        # 128 px phase (README)
                        ar_switch_step=None,
                        ar_batches_per_epoch=40,
+                       # 30 minutes on 2 cores with a margin, on CPUs slower than the one whose
+                       # step counts these are (README, "quickstart, end to end")
+                       budget_minutes=28.0,
                        # scored at 64 px, the resolution the AR model trains at (its scale embeddings
                        # and scale counts are the trained ones); objects are min_object_px wide there
                        suite={"geneval_limit": 96, "images_per_prompt": 2, "dpg_prompts": 8,
@@ -299,6 +308,44 @@ def _on_signal(signum, frame) -> None:
     raise SystemExit(128 + signum)
 
 
+# ----------------------------------------------------------------------------- wall-clock budget
+# Each training stage's share of the training time, in the minutes it takes where its steps bind
+# (README, "quickstart, end to end"): a stage may use its weight's share of what is left.
+TRAINING_WEIGHTS = {"tokenizer_stage1": 3.0, "tokenizer_stage2": 3.0, "tokenizer_stage3": 3.0, "ar_fit": 10.0,
+                    "rl": 1.5}
+MIN_STAGE_SECONDS = 60  # a stage always trains this long, even past the budget
+
+
+@dataclass
+class Budget:
+    """The quickstart's deadline. Before each training stage, `seconds_for` gives it its weight's
+    share of the time left (after the evaluation stages' reserve) among itself and the training
+    stages after it, capped by its own limit. Where steps end a stage first (a fast CPU) the
+    budget changes nothing; on a slower one every stage stops on time and records its steps."""
+
+    minutes: float | None
+    reserve_minutes: float
+    start: float = field(default_factory=lambda: time.monotonic())
+
+    def seconds_for(self, stage: str, own_limit_seconds: float | None = None) -> int | None:
+        if self.minutes is None:
+            return None if own_limit_seconds is None else int(own_limit_seconds)
+        names = list(TRAINING_WEIGHTS)
+        later = sum(TRAINING_WEIGHTS[n] for n in names[names.index(stage):])
+        left = (self.minutes - self.reserve_minutes) * 60 - (time.monotonic() - self.start)
+        share = max(MIN_STAGE_SECONDS, left * TRAINING_WEIGHTS[stage] / later)
+        return int(share if own_limit_seconds is None else min(share, own_limit_seconds))
+
+
+def _trained_steps(stage_dir: Path) -> dict[str, Any]:
+    """The last step a training stage logged (within its log interval of where the budget stopped it)."""
+    from modules.common.metrics_csv import last_metrics
+
+    path = stage_dir / "metrics.csv"
+    step = last_metrics(path).get("step") if path.is_file() else None
+    return {} if step is None else {"last_logged_step": int(step)}
+
+
 # ----------------------------------------------------------------------------- stages
 EXPERIMENTS = ROOT / "configs" / "experiment"
 
@@ -322,8 +369,8 @@ def stage_world(sizes: Sizes) -> Callable[[Path], dict[str, Any]]:
               aspect_ratios=[0.5, 1.0, 2.0], seed=0, **common)
         # square only: a left/right (above/below) prompt cannot place two objects of min_object_px
         # side by side on the 48 px side of a 48x88 canvas
-        train_ar = world(kind="scenes", out=str(stage_dir / "train_ar"), num_samples=sizes.train_scenes, width=64,
-                         height=64, seed=1, prompt_mix=sizes.prompt_mix, **common)
+        train_ar = world(kind="scenes", out=str(stage_dir / "train_ar"), num_samples=sizes.ar_scenes or sizes.train_scenes,
+                         width=64, height=64, seed=1, prompt_mix=sizes.prompt_mix, **common)
         world(kind="scenes", out=str(stage_dir / "val"), num_samples=sizes.val_scenes, width=64, height=64,
               seed=777, **common)
         world(kind="scenes", out=str(stage_dir / "train128"), num_samples=sizes.train128_scenes, width=128,
@@ -379,8 +426,11 @@ def _trainer_outputs(stage_dir: Path, callbacks: list[dict]) -> dict[str, Any]:
             "enable_progress_bar": False}
 
 
-def stage_tokenizer(k: int, sizes: Sizes, world: dict, previous: str | None) -> Callable[[Path], dict[str, Any]]:
-    """Tokenizer stage k of 3 (pixel branch; joint; 2x pixel decoder), from the previous stage."""
+def stage_tokenizer(k: int, sizes: Sizes, world: dict, previous: str | None,
+                    budget: Budget | None = None) -> Callable[[Path], dict[str, Any]]:
+    """Tokenizer stage k of 3 (pixel branch; joint; 2x pixel decoder), from the previous stage.
+    Stopped by the budget before its last step, it is validated afterwards (the configs validate
+    at the last step only)."""
 
     def body(stage_dir: Path) -> dict[str, Any]:
         callbacks = [] if k == 3 else [{"class_path": "callbacks.scale_dropping.ScaleDropping",
@@ -393,11 +443,22 @@ def stage_tokenizer(k: int, sizes: Sizes, world: dict, previous: str | None) -> 
         if sizes.tokenizer_steps is not None:
             steps = sizes.tokenizer_steps[k - 1]
             overlay["trainer"].update(max_steps=steps, val_check_interval=steps)
+        seconds = budget.seconds_for(f"tokenizer_stage{k}") if budget is not None else None
+        if seconds is not None:
+            overlay["trainer"]["max_time"] = {"seconds": seconds}
         if previous is not None:
             overlay["model"] = {"init_args": {"init_ckpt": previous}}
-        run_main("fit", "--config", str(EXPERIMENTS / f"tokenizer_shapes_stage{k}.yaml"),
-                 "--config", write_overlay(stage_dir / "overlay.yaml", overlay))
-        return {"checkpoint": str(stage_dir / "last.ckpt"), **_last_val_metrics(stage_dir)}
+        config = str(EXPERIMENTS / f"tokenizer_shapes_stage{k}.yaml")
+        run_main("fit", "--config", config, "--config", write_overlay(stage_dir / "overlay.yaml", overlay))
+        metrics = _last_val_metrics(stage_dir)
+        if "val/agreement" not in metrics:  # stopped on time before the validation at its last step
+            validate = {"data": {"init_args": {"train_dir": None, "val_dir": world["val"]}},
+                        "model": {"init_args": {"init_ckpt": None}}, "trainer": _trainer_outputs(stage_dir, [])}
+            run_main("validate", "--config", config, "--config", write_overlay(stage_dir / "validate.yaml", validate),
+                     "--ckpt_path", str(stage_dir / "last.ckpt"))
+            metrics = _last_val_metrics(stage_dir)
+        return {"checkpoint": str(stage_dir / "last.ckpt"), **metrics, **_trained_steps(stage_dir),
+                **({"budget_seconds": seconds} if seconds is not None else {})}
 
     return body
 
@@ -440,19 +501,22 @@ def stage_pretokenize(world: dict, tokenizer_ckpt: str) -> Callable[[Path], dict
     return body
 
 
-def _ar_overlay(sizes: Sizes, data: dict, tokenizer_ckpt: str, stage_dir: Path, callbacks: list[dict]) -> dict:
+def _ar_overlay(sizes: Sizes, data: dict, tokenizer_ckpt: str, stage_dir: Path, callbacks: list[dict],
+                seconds: int | None = None) -> dict:
     model = {"tokenizer_ckpt": tokenizer_ckpt, "alpha": sizes.ar_alpha}
     if sizes.ar_model:
         model["overrides"] = {"visual_inputs": "residual", **sizes.ar_model}
     return {"model": {"init_args": model},
             "data": {"init_args": {"train_dirs": {"64": data["64"], "128": data["128"]}, "val_dir": data["val"],
                                    "batch_size": 8, "val_batch_size": 16}},
-            "trainer": {"max_steps": sizes.ar_steps, "max_time": {"minutes": sizes.ar_minutes},
+            "trainer": {"max_steps": sizes.ar_steps,
+                        "max_time": {"seconds": seconds if seconds is not None else sizes.ar_minutes * 60},
                         "limit_train_batches": sizes.ar_batches_per_epoch,
                         **_trainer_outputs(stage_dir, callbacks)}}
 
 
-def stage_ar_fit(sizes: Sizes, data: dict, tokenizer_ckpt: str) -> Callable[[Path], dict[str, Any]]:
+def stage_ar_fit(sizes: Sizes, data: dict, tokenizer_ckpt: str,
+                 budget: Budget | None = None) -> Callable[[Path], dict[str, Any]]:
     """Text-to-image AR training with the resolution curriculum: 64 px, then 128 px from
     `ar_switch_step` (the toy size exercises the switch; the full config goes on to 256 px)."""
 
@@ -461,11 +525,13 @@ def stage_ar_fit(sizes: Sizes, data: dict, tokenizer_ckpt: str) -> Callable[[Pat
         if sizes.ar_switch_step is not None:
             phases.append({"at_step": sizes.ar_switch_step, "phase": "128", "alpha": 0.9})
         curriculum = {"class_path": "callbacks.curriculum.ResolutionCurriculum", "init_args": {"phases": phases}}
-        overlay = _ar_overlay(sizes, data, tokenizer_ckpt, stage_dir, [curriculum])
+        seconds = budget.seconds_for("ar_fit", sizes.ar_minutes * 60) if budget is not None else None
+        overlay = _ar_overlay(sizes, data, tokenizer_ckpt, stage_dir, [curriculum], seconds)
         overlay["trainer"]["precision"] = _precision(sizes.ar_precision)
         run_main("fit", "--config", str(EXPERIMENTS / "ar_shapes_t2i.yaml"),
                  "--config", write_overlay(stage_dir / "overlay.yaml", overlay))
-        return {"checkpoint": str(stage_dir / "last.ckpt"), **_last_val_metrics(stage_dir)}
+        return {"checkpoint": str(stage_dir / "last.ckpt"), **_last_val_metrics(stage_dir),
+                **_trained_steps(stage_dir), **({"budget_seconds": seconds} if seconds is not None else {})}
 
     return body
 
@@ -491,16 +557,18 @@ def stage_validate(sizes: Sizes, data: dict, tokenizer_ckpt: str, ar_ckpt: str |
     return body
 
 
-def stage_rl(sizes: Sizes, tokenizer_ckpt: str, ar_ckpt: str) -> Callable[[Path], dict[str, Any]]:
+def stage_rl(sizes: Sizes, tokenizer_ckpt: str, ar_ckpt: str,
+             budget: Budget | None = None) -> Callable[[Path], dict[str, Any]]:
     """Prefix-tuning GRPO (modules/rl) from the AR checkpoint, on training-split prompts (datamodules/prompts.py),
     rollouts at the evaluation's 64 px; `rl_steps` optimizer steps or `rl_minutes`, whichever ends first."""
 
     def body(stage_dir: Path) -> dict[str, Any]:
+        seconds = budget.seconds_for("rl", sizes.rl_minutes * 60) if budget is not None else int(sizes.rl_minutes * 60)
         model = {"policy_ckpt": ar_ckpt, "tokenizer_ckpt": tokenizer_ckpt, "group_size": sizes.rl_group_size,
                  "image_size": 64, **(sizes.rl_overrides or {})}
         overlay = {"model": {"init_args": model},
                    "data": {"init_args": {"batch_size": sizes.rl_prompts_per_step, "val_prompts": 0}},
-                   "trainer": {"max_steps": sizes.rl_steps, "max_time": {"seconds": int(sizes.rl_minutes * 60)},
+                   "trainer": {"max_steps": sizes.rl_steps, "max_time": {"seconds": seconds},
                                "limit_val_batches": 0, "val_check_interval": None,
                                **_trainer_outputs(stage_dir, [])}}
         run_main("fit", "--config", str(EXPERIMENTS / "rl_shapes_grpo.yaml"),
@@ -508,7 +576,7 @@ def stage_rl(sizes: Sizes, tokenizer_ckpt: str, ar_ckpt: str) -> Callable[[Path]
         from modules.common.metrics_csv import last_metrics
 
         last = last_metrics(stage_dir / "metrics.csv", prefix="train")
-        return {"checkpoint": str(stage_dir / "last.ckpt"),
+        return {"checkpoint": str(stage_dir / "last.ckpt"), **_trained_steps(stage_dir), "budget_seconds": seconds,
                 **{k: last[k] for k in ("train/reward", "train/kl") if k in last}}
 
     return body
@@ -631,7 +699,7 @@ def stage_report(trained: dict, untrained: dict, rl: dict | None = None) -> Call
 
 
 def run(out: str = "runs/quickstart", size: str = "default", unified_steps: int | None = None,
-        refiner_steps: int | None = None) -> dict[str, Any]:
+        refiner_steps: int | None = None, budget_minutes: float | None = None) -> dict[str, Any]:
     """Run the main job on the Shapes world end to end: data, tokenizer (3 stages), pretokenise, AR fit, validate, report.
 
     Every stage is resumable: a second run reuses the stages that finished.
@@ -645,6 +713,9 @@ def run(out: str = "runs/quickstart", size: str = "default", unified_steps: int 
         refiner_steps: run the refiner stage with this many steps per objective (flow refiner and
             regression control; 0 = off); default: the size's (off in `default`: with it the
             30 minutes leave the tokenizer too few steps).
+        budget_minutes: the whole run's wall clock; training stages stop on time when their steps
+            would overrun it (each records its last step); default: the size's (28 in `default`);
+            0 = no budget (every stage runs its steps, however long that takes).
     """
     import signal
 
@@ -661,7 +732,7 @@ def run(out: str = "runs/quickstart", size: str = "default", unified_steps: int 
     handlers = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)} if main_thread else {}
     try:
         with OutputLock(out_dir):
-            return _run_unlocked(out, size, unified_steps, refiner_steps)
+            return _run_unlocked(out, size, unified_steps, refiner_steps, budget_minutes)
     finally:
         kill_children()
         for sig, handler in handlers.items():
@@ -669,7 +740,7 @@ def run(out: str = "runs/quickstart", size: str = "default", unified_steps: int 
 
 
 def _run_unlocked(out: str, size: str, unified_steps: int | None = None,
-                  refiner_steps: int | None = None) -> dict[str, Any]:
+                  refiner_steps: int | None = None, budget_minutes: float | None = None) -> dict[str, Any]:
     """`run`'s stages, run while `run` holds the output folder's lock."""
     from rich.console import Console
     from rich.table import Table
@@ -687,23 +758,30 @@ def _run_unlocked(out: str, size: str, unified_steps: int | None = None,
 
             raise UsageError(f"--refiner_steps {refiner_steps} must be >= 0 (0 = no refiner stage)")
         sizes = dataclasses.replace(sizes, refiner={**(sizes.refiner or {}), "steps": refiner_steps})
+    if budget_minutes is not None:
+        if budget_minutes < 0:
+            from commands import UsageError
+
+            raise UsageError(f"--budget_minutes {budget_minutes} must be >= 0 (0 = no budget)")
+        sizes = dataclasses.replace(sizes, budget_minutes=budget_minutes or None)
     out_dir = Path(out).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     log: list[dict] = []
+    budget = Budget(sizes.budget_minutes, sizes.reserve_minutes)
     world = run_stage("world", out_dir, stage_world(sizes), log)
     preview = run_stage("preview", out_dir, stage_preview(Path(world["train"]).parent), log)
     geneval_gt = run_stage("geneval_ground_truth", out_dir, stage_geneval_ground_truth(sizes), log)
     previous = None
     tokenizer_stages = []
     for k in (1, 2, 3):
-        result = run_stage(f"tokenizer_stage{k}", out_dir, stage_tokenizer(k, sizes, world, previous), log)
+        result = run_stage(f"tokenizer_stage{k}", out_dir, stage_tokenizer(k, sizes, world, previous, budget), log)
         tokenizer_stages.append(result)
         previous = result["checkpoint"]
     tokenizer_val128 = run_stage("tokenizer_val128", out_dir, stage_tokenizer_val128(world, previous), log)
     data = run_stage("pretokenize", out_dir, stage_pretokenize(world, previous), log)
-    ar = run_stage("ar_fit", out_dir, stage_ar_fit(sizes, data, previous), log)
+    ar = run_stage("ar_fit", out_dir, stage_ar_fit(sizes, data, previous, budget), log)
     trained = run_stage("validate", out_dir, stage_validate(sizes, data, previous, ar["checkpoint"]), log)
-    rl = run_stage("rl", out_dir, stage_rl(sizes, previous, ar["checkpoint"]), log)
+    rl = run_stage("rl", out_dir, stage_rl(sizes, previous, ar["checkpoint"], budget), log)
     rl_scores = run_stage("validate_rl", out_dir, stage_validate(sizes, data, previous, rl["checkpoint"]), log)
     run_stage("unified", out_dir, stage_unified(sizes, world, data, previous), log)
     untrained = run_stage("validate_untrained", out_dir, stage_validate(sizes, data, previous, None), log)
