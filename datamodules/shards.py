@@ -346,24 +346,55 @@ class _StreamWindow:
         self.sizes, self.seed, self.position = sizes, seed, position
         self.rank, self.ranks, self.by_sample = rank, ranks, by_sample
         self.head: tuple[str, int] | None = None
+        self.pass_samples = self.first_pass_left = 0  # as this reader's shuffle stage sees them
 
     def __call__(self, src):
         from torch.utils.data import get_worker_info
 
         urls = [entry["url"] for entry in src]
-        if self.by_sample:  # every reader reads every shard and keeps every n-th sample later
-            reader, mine, position = 0, urls, self.position
+        info = get_worker_info()
+        workers = 1 if info is None else info.num_workers
+        readers = self.ranks * workers
+        if self.by_sample:  # every reader reads every shard and keeps every n-th sample after this
+            reader, mine, position, kept = 0, urls, self.position, readers
         else:
-            info = get_worker_info()
-            workers = 1 if info is None else info.num_workers
-            readers = self.ranks * workers
             reader = self.rank * workers + (0 if info is None else info.id)
-            mine, position = urls[reader::readers], self.position // readers
+            mine, position, kept = urls[reader::readers], self.position // readers, 1
+        total = max(1, sum(self.sizes[u] for u in mine))
+        self.pass_samples = max(1, total // kept)
+        self.first_pass_left = max(1, (total - position % total) // kept)
         for k, (url, skip) in enumerate(shuffled_passes(mine, [self.sizes[u] for u in mine], self.seed + reader,
                                                         position)):
             if k == 0:
                 self.head = (url, skip)
             yield {"url": url}
+
+    def shuffle(self, size: int, rng: random.Random):
+        """A shuffle buffer of `size` that empties itself at every pass's end, so each pass reaches
+        the model as a permutation of its samples (a pass shorter than the buffer included) and
+        no sample comes twice before the pass is over. Pass ends are counted in samples (the
+        index's counts), so a corrupt sample the reader skips moves the seam by one."""
+
+        def stage(src):
+            buffer: list = []
+            left = None
+            for sample in src:
+                if left is None:
+                    left = self.first_pass_left
+                buffer.append(sample)
+                left -= 1
+                if left == 0:  # the pass's last sample: every one of the pass leaves now
+                    rng.shuffle(buffer)
+                    yield from buffer
+                    buffer, left = [], self.pass_samples
+                elif len(buffer) >= size:
+                    k = rng.randrange(len(buffer))
+                    buffer[k], buffer[-1] = buffer[-1], buffer[k]
+                    yield buffer.pop()
+            rng.shuffle(buffer)
+            yield from buffer
+
+        return stage
 
     def drop_head(self, src):
         dropped = 0
@@ -442,7 +473,9 @@ def make_stream(
     if by_sample:
         node = rank if split_nodes else 0  # the worker's number is known only inside the worker
         dataset = dataset.compose(lambda src: split_samples(_reader_index(node, num_workers), readers)(src))
-    if shuffle:
+    if window is not None:
+        dataset = dataset.compose(window.shuffle(shuffle_buffer, random.Random(seed)))
+    elif shuffle:
         dataset = dataset.shuffle(shuffle_buffer, rng=random.Random(seed))
     counter = CorruptSampleCounter(decode, counts)
     return dataset.compose(counter), counter

@@ -187,3 +187,13 @@ def test_shuffled_passes_start_at_the_position():
         cum += size
     # one whole pass later: the second pass, from its start
     assert list(itertools.islice(shuffled_passes(urls, sizes, seed=3, position=35), 3)) == first[3:]
+
+
+def test_each_pass_is_a_permutation_even_with_a_larger_buffer(tmp_path):
+    """The shuffle buffer empties at each pass's end: with 10 samples and a buffer of 256, every
+    epoch of 10 (a whole pass) holds each sample once, in a new order each pass."""
+    write_shards(lambda i: _image_sample(2 * i), 10, tmp_path, samples_per_shard=5)
+    dm = RawShardDataModule(train_dir=str(tmp_path), batch_size=1, shuffle_buffer=256)
+    epochs = [_epoch_keys(dm, 10) for _ in range(3)]
+    assert all(sorted(keys) == sorted(epochs[0]) and len(set(keys)) == 10 for keys in epochs)
+    assert epochs[0] != epochs[1] != epochs[2]
