@@ -54,7 +54,7 @@ class Sizes:
     # `reserve_minutes` for the evaluation stages (`Budget`), so on a slow CPU they stop on time
     # instead of on steps, and the record says where each stopped
     budget_minutes: float | None = None
-    reserve_minutes: float = 7.0
+    reserve_minutes: float = 11.0
     prompt_mix: float = 0.5  # fraction of the AR model's 64 px scenes that realise GenEval-template prompts
     min_object_px: int = 24  # smallest object side in the 64 px scenes (3 tokens of the patch-8 tokenizer)
     # prefix-tuning GRPO after the AR stage (configs/experiment/rl_shapes_grpo.yaml): optimizer steps
@@ -310,7 +310,7 @@ def _on_signal(signum, frame) -> None:
 
 # ----------------------------------------------------------------------------- wall-clock budget
 # Each training stage's share of the training time, in the minutes it takes where its steps bind
-# (README, "quickstart, end to end"): a stage may use its weight's share of what is left.
+# (README, "quickstart, end to end").
 TRAINING_WEIGHTS = {"tokenizer_stage1": 3.0, "tokenizer_stage2": 3.0, "tokenizer_stage3": 3.0, "ar_fit": 10.0,
                     "rl": 1.5}
 MIN_STAGE_SECONDS = 60  # a stage always trains this long, even past the budget
@@ -318,23 +318,33 @@ MIN_STAGE_SECONDS = 60  # a stage always trains this long, even past the budget
 
 @dataclass
 class Budget:
-    """The quickstart's deadline. Before each training stage, `seconds_for` gives it its weight's
-    share of the time left (after the evaluation stages' reserve) among itself and the training
-    stages after it, capped by its own limit. Where steps end a stage first (a fast CPU) the
-    budget changes nothing; on a slower one every stage stops on time and records its steps."""
+    """The quickstart's wall clock: `minutes` in all, of which `reserve_minutes` go to everything
+    that is not a training fit (data, validation, pretokenising, reports) and the rest to the
+    training stages. Before each fit, `seconds_for` gives it its weight's share of the training
+    time not yet used among itself and the fits after it (capped by its own limit); `used` books
+    what it took. Where steps end a fit first (a fast CPU), the time it leaves goes to the later
+    ones and nothing else changes; on a slower CPU every fit stops on time and records its steps."""
 
     minutes: float | None
     reserve_minutes: float
-    start: float = field(default_factory=lambda: time.monotonic())
+    trained_seconds: float = 0.0
 
     def seconds_for(self, stage: str, own_limit_seconds: float | None = None) -> int | None:
         if self.minutes is None:
             return None if own_limit_seconds is None else int(own_limit_seconds)
         names = list(TRAINING_WEIGHTS)
         later = sum(TRAINING_WEIGHTS[n] for n in names[names.index(stage):])
-        left = (self.minutes - self.reserve_minutes) * 60 - (time.monotonic() - self.start)
+        left = (self.minutes - self.reserve_minutes) * 60 - self.trained_seconds
         share = max(MIN_STAGE_SECONDS, left * TRAINING_WEIGHTS[stage] / later)
         return int(share if own_limit_seconds is None else min(share, own_limit_seconds))
+
+    def fit(self, *args: str) -> None:
+        """`run_main(*args)` for a training fit, its wall time booked as training."""
+        start = time.monotonic()
+        try:
+            run_main(*args)
+        finally:
+            self.trained_seconds += time.monotonic() - start
 
 
 def _trained_steps(stage_dir: Path) -> dict[str, Any]:
@@ -449,7 +459,8 @@ def stage_tokenizer(k: int, sizes: Sizes, world: dict, previous: str | None,
         if previous is not None:
             overlay["model"] = {"init_args": {"init_ckpt": previous}}
         config = str(EXPERIMENTS / f"tokenizer_shapes_stage{k}.yaml")
-        run_main("fit", "--config", config, "--config", write_overlay(stage_dir / "overlay.yaml", overlay))
+        (budget.fit if budget is not None else run_main)(
+            "fit", "--config", config, "--config", write_overlay(stage_dir / "overlay.yaml", overlay))
         metrics = _last_val_metrics(stage_dir)
         if "val/agreement" not in metrics:  # stopped on time before the validation at its last step
             validate = {"data": {"init_args": {"train_dir": None, "val_dir": world["val"]}},
@@ -528,8 +539,9 @@ def stage_ar_fit(sizes: Sizes, data: dict, tokenizer_ckpt: str,
         seconds = budget.seconds_for("ar_fit", sizes.ar_minutes * 60) if budget is not None else None
         overlay = _ar_overlay(sizes, data, tokenizer_ckpt, stage_dir, [curriculum], seconds)
         overlay["trainer"]["precision"] = _precision(sizes.ar_precision)
-        run_main("fit", "--config", str(EXPERIMENTS / "ar_shapes_t2i.yaml"),
-                 "--config", write_overlay(stage_dir / "overlay.yaml", overlay))
+        (budget.fit if budget is not None else run_main)(
+            "fit", "--config", str(EXPERIMENTS / "ar_shapes_t2i.yaml"),
+            "--config", write_overlay(stage_dir / "overlay.yaml", overlay))
         return {"checkpoint": str(stage_dir / "last.ckpt"), **_last_val_metrics(stage_dir),
                 **_trained_steps(stage_dir), **({"budget_seconds": seconds} if seconds is not None else {})}
 
@@ -571,8 +583,9 @@ def stage_rl(sizes: Sizes, tokenizer_ckpt: str, ar_ckpt: str,
                    "trainer": {"max_steps": sizes.rl_steps, "max_time": {"seconds": seconds},
                                "limit_val_batches": 0, "val_check_interval": None,
                                **_trainer_outputs(stage_dir, [])}}
-        run_main("fit", "--config", str(EXPERIMENTS / "rl_shapes_grpo.yaml"),
-                 "--config", write_overlay(stage_dir / "overlay.yaml", overlay))
+        (budget.fit if budget is not None else run_main)(
+            "fit", "--config", str(EXPERIMENTS / "rl_shapes_grpo.yaml"),
+            "--config", write_overlay(stage_dir / "overlay.yaml", overlay))
         from modules.common.metrics_csv import last_metrics
 
         last = last_metrics(stage_dir / "metrics.csv", prefix="train")

@@ -150,27 +150,28 @@ def test_a_skipped_stage_is_decided_again_and_a_finished_one_reused(tmp_path):
     assert again["value"] == 1 and again["reused"] and calls == [True, False]
 
 
-def test_budget_shares_the_time_left_among_the_training_stages(monkeypatch):
-    """Each training stage gets its weight's share of what is left before the deadline (less the
-    evaluation reserve) among itself and the stages after it; its own limit caps it; past the
-    deadline it still trains MIN_STAGE_SECONDS."""
+def test_budget_shares_the_training_time_left_among_the_training_stages(monkeypatch):
+    """Each fit gets its weight's share of the training time not yet used (the budget less the
+    reserve for everything else) among itself and the fits after it; its own limit caps it; once
+    the training time is spent it still trains MIN_STAGE_SECONDS. `fit` books a fit's wall time."""
     from commands import quickstart as qs
 
     now = [1000.0]
     monkeypatch.setattr(qs.time, "monotonic", lambda: now[0])
-    budget = qs.Budget(minutes=28.0, reserve_minutes=7.0)
+    monkeypatch.setattr(qs, "run_main", lambda *args: now.__setitem__(0, now[0] + float(args[-1])))
+    budget = qs.Budget(minutes=28.0, reserve_minutes=11.0)
     total = sum(qs.TRAINING_WEIGHTS.values())
     first = budget.seconds_for("tokenizer_stage1")
-    assert first == int(21 * 60 * qs.TRAINING_WEIGHTS["tokenizer_stage1"] / total)
-    now[0] += first  # stage 1 used its share: the next gets the same share of the rest
+    assert first == int(17 * 60 * qs.TRAINING_WEIGHTS["tokenizer_stage1"] / total)
+    budget.fit("fit", str(first))  # the fit used its share: the next gets the same share of the rest
     second = budget.seconds_for("tokenizer_stage2")
-    assert abs(second - first) <= 1
-    now[0] += 60  # stage 2 finished early (its steps ran out): the time goes to the stages after it
-    third = budget.seconds_for("tokenizer_stage3")
-    assert third > first
+    assert abs(second - first) <= 1 and budget.trained_seconds == first
+    now[0] += 500  # time outside the fits (validation, data) comes out of the reserve, not the shares
+    budget.fit("fit", "60")  # stage 2's steps ran out early: its time goes to the fits after it
+    assert budget.seconds_for("tokenizer_stage3") > first
     assert budget.seconds_for("ar_fit", own_limit_seconds=120) == 120  # the stage's own guard binds
-    now[0] += 3600  # past the deadline
+    budget.fit("fit", "3600")  # past the training time
     assert budget.seconds_for("rl") == qs.MIN_STAGE_SECONDS
     # no budget: only the stage's own limit
-    assert qs.Budget(minutes=None, reserve_minutes=7.0).seconds_for("ar_fit", 600) == 600
-    assert qs.Budget(minutes=None, reserve_minutes=7.0).seconds_for("tokenizer_stage1") is None
+    assert qs.Budget(minutes=None, reserve_minutes=11.0).seconds_for("ar_fit", 600) == 600
+    assert qs.Budget(minutes=None, reserve_minutes=11.0).seconds_for("tokenizer_stage1") is None
