@@ -49,10 +49,9 @@ class Sizes:
     # (modules/common/devices.py; README, "Where it stands", has the measurement)
     ar_precision: str = "32-true"
     tokenizer_precision: str = "32-true"
-    ar_scenes: int | None = None  # the AR model's 64 px training scenes (None: train_scenes)
-    # the whole quickstart's wall clock (None: no budget). Training stages share what is left after
-    # `reserve_minutes` for the evaluation stages (`Budget`), so on a slow CPU they stop on time
-    # instead of on steps, and the record says where each stopped
+    # the whole quickstart's wall clock (None: no budget): the training fits share it, less
+    # `reserve_minutes` for everything else (`Budget`), so on a slow CPU they stop on time instead
+    # of on steps, and the record says where each stopped
     budget_minutes: float | None = None
     reserve_minutes: float = 11.0
     prompt_mix: float = 0.5  # fraction of the AR model's 64 px scenes that realise GenEval-template prompts
@@ -321,8 +320,8 @@ class Budget:
     """The quickstart's wall clock: `minutes` in all, of which `reserve_minutes` go to everything
     that is not a training fit (data, validation, pretokenising, reports) and the rest to the
     training stages. Before each fit, `seconds_for` gives it its weight's share of the training
-    time not yet used among itself and the fits after it (capped by its own limit); `used` books
-    what it took. Where steps end a fit first (a fast CPU), the time it leaves goes to the later
+    time not yet used among itself and the fits after it (capped by its own limit); `fit` runs it
+    and books what it took. With `minutes` None only the fits' own limits apply. Where steps end a fit first (a fast CPU), the time it leaves goes to the later
     ones and nothing else changes; on a slower CPU every fit stops on time and records its steps."""
 
     minutes: float | None
@@ -347,7 +346,7 @@ class Budget:
             self.trained_seconds += time.monotonic() - start
 
 
-def _trained_steps(stage_dir: Path) -> dict[str, Any]:
+def _last_logged_step(stage_dir: Path) -> dict[str, Any]:
     """The last step a training stage logged (within its log interval of where the budget stopped it)."""
     from modules.common.metrics_csv import last_metrics
 
@@ -379,8 +378,8 @@ def stage_world(sizes: Sizes) -> Callable[[Path], dict[str, Any]]:
               aspect_ratios=[0.5, 1.0, 2.0], seed=0, **common)
         # square only: a left/right (above/below) prompt cannot place two objects of min_object_px
         # side by side on the 48 px side of a 48x88 canvas
-        train_ar = world(kind="scenes", out=str(stage_dir / "train_ar"), num_samples=sizes.ar_scenes or sizes.train_scenes,
-                         width=64, height=64, seed=1, prompt_mix=sizes.prompt_mix, **common)
+        train_ar = world(kind="scenes", out=str(stage_dir / "train_ar"), num_samples=sizes.train_scenes, width=64,
+                         height=64, seed=1, prompt_mix=sizes.prompt_mix, **common)
         world(kind="scenes", out=str(stage_dir / "val"), num_samples=sizes.val_scenes, width=64, height=64,
               seed=777, **common)
         world(kind="scenes", out=str(stage_dir / "train128"), num_samples=sizes.train128_scenes, width=128,
@@ -437,7 +436,7 @@ def _trainer_outputs(stage_dir: Path, callbacks: list[dict]) -> dict[str, Any]:
 
 
 def stage_tokenizer(k: int, sizes: Sizes, world: dict, previous: str | None,
-                    budget: Budget | None = None) -> Callable[[Path], dict[str, Any]]:
+                    budget: Budget) -> Callable[[Path], dict[str, Any]]:
     """Tokenizer stage k of 3 (pixel branch; joint; 2x pixel decoder), from the previous stage.
     Stopped by the budget before its last step, it is validated afterwards (the configs validate
     at the last step only)."""
@@ -453,22 +452,17 @@ def stage_tokenizer(k: int, sizes: Sizes, world: dict, previous: str | None,
         if sizes.tokenizer_steps is not None:
             steps = sizes.tokenizer_steps[k - 1]
             overlay["trainer"].update(max_steps=steps, val_check_interval=steps)
-        seconds = budget.seconds_for(f"tokenizer_stage{k}") if budget is not None else None
+        seconds = budget.seconds_for(f"tokenizer_stage{k}")
         if seconds is not None:
             overlay["trainer"]["max_time"] = {"seconds": seconds}
         if previous is not None:
             overlay["model"] = {"init_args": {"init_ckpt": previous}}
         config = str(EXPERIMENTS / f"tokenizer_shapes_stage{k}.yaml")
-        (budget.fit if budget is not None else run_main)(
-            "fit", "--config", config, "--config", write_overlay(stage_dir / "overlay.yaml", overlay))
+        budget.fit("fit", "--config", config, "--config", write_overlay(stage_dir / "overlay.yaml", overlay))
         metrics = _last_val_metrics(stage_dir)
         if "val/agreement" not in metrics:  # stopped on time before the validation at its last step
-            validate = {"data": {"init_args": {"train_dir": None, "val_dir": world["val"]}},
-                        "model": {"init_args": {"init_ckpt": None}}, "trainer": _trainer_outputs(stage_dir, [])}
-            run_main("validate", "--config", config, "--config", write_overlay(stage_dir / "validate.yaml", validate),
-                     "--ckpt_path", str(stage_dir / "last.ckpt"))
-            metrics = _last_val_metrics(stage_dir)
-        return {"checkpoint": str(stage_dir / "last.ckpt"), **metrics, **_trained_steps(stage_dir),
+            metrics = _validate_tokenizer(stage_dir, config, world["val"], str(stage_dir / "last.ckpt"))
+        return {"checkpoint": str(stage_dir / "last.ckpt"), **metrics, **_last_logged_step(stage_dir),
                 **({"budget_seconds": seconds} if seconds is not None else {})}
 
     return body
@@ -479,14 +473,20 @@ def stage_tokenizer_val128(world: dict, checkpoint: str) -> Callable[[Path], dic
     32 px), next to its 64 px figures from stage 3."""
 
     def body(stage_dir: Path) -> dict[str, Any]:
-        overlay = {"data": {"init_args": {"train_dir": None, "val_dir": world["val128"]}},
-                   "model": {"init_args": {"init_ckpt": None}},  # all weights come from --ckpt_path
-                   "trainer": _trainer_outputs(stage_dir, [])}
-        run_main("validate", "--config", str(EXPERIMENTS / "tokenizer_shapes_stage3.yaml"),
-                 "--config", write_overlay(stage_dir / "overlay.yaml", overlay), "--ckpt_path", checkpoint)
-        return {"checkpoint": checkpoint, **_last_val_metrics(stage_dir)}
+        config = str(EXPERIMENTS / "tokenizer_shapes_stage3.yaml")
+        return {"checkpoint": checkpoint, **_validate_tokenizer(stage_dir, config, world["val128"], checkpoint)}
 
     return body
+
+
+def _validate_tokenizer(stage_dir: Path, config: str, val_dir: str, checkpoint: str) -> dict[str, float]:
+    """`main.py validate` of a tokenizer checkpoint on `val_dir`; its val/* metrics (logged into stage_dir)."""
+    overlay = {"data": {"init_args": {"train_dir": None, "val_dir": val_dir}},
+               "model": {"init_args": {"init_ckpt": None}},  # all weights come from --ckpt_path
+               "trainer": _trainer_outputs(stage_dir, [])}
+    run_main("validate", "--config", config, "--config", write_overlay(stage_dir / "validate.yaml", overlay),
+             "--ckpt_path", checkpoint)
+    return _last_val_metrics(stage_dir)
 
 
 def _last_val_metrics(stage_dir: Path) -> dict[str, float]:
@@ -527,7 +527,7 @@ def _ar_overlay(sizes: Sizes, data: dict, tokenizer_ckpt: str, stage_dir: Path, 
 
 
 def stage_ar_fit(sizes: Sizes, data: dict, tokenizer_ckpt: str,
-                 budget: Budget | None = None) -> Callable[[Path], dict[str, Any]]:
+                 budget: Budget) -> Callable[[Path], dict[str, Any]]:
     """Text-to-image AR training with the resolution curriculum: 64 px, then 128 px from
     `ar_switch_step` (the toy size exercises the switch; the full config goes on to 256 px)."""
 
@@ -536,14 +536,13 @@ def stage_ar_fit(sizes: Sizes, data: dict, tokenizer_ckpt: str,
         if sizes.ar_switch_step is not None:
             phases.append({"at_step": sizes.ar_switch_step, "phase": "128", "alpha": 0.9})
         curriculum = {"class_path": "callbacks.curriculum.ResolutionCurriculum", "init_args": {"phases": phases}}
-        seconds = budget.seconds_for("ar_fit", sizes.ar_minutes * 60) if budget is not None else None
+        seconds = budget.seconds_for("ar_fit", sizes.ar_minutes * 60)
         overlay = _ar_overlay(sizes, data, tokenizer_ckpt, stage_dir, [curriculum], seconds)
         overlay["trainer"]["precision"] = _precision(sizes.ar_precision)
-        (budget.fit if budget is not None else run_main)(
-            "fit", "--config", str(EXPERIMENTS / "ar_shapes_t2i.yaml"),
-            "--config", write_overlay(stage_dir / "overlay.yaml", overlay))
+        budget.fit("fit", "--config", str(EXPERIMENTS / "ar_shapes_t2i.yaml"),
+                   "--config", write_overlay(stage_dir / "overlay.yaml", overlay))
         return {"checkpoint": str(stage_dir / "last.ckpt"), **_last_val_metrics(stage_dir),
-                **_trained_steps(stage_dir), **({"budget_seconds": seconds} if seconds is not None else {})}
+                **_last_logged_step(stage_dir), "budget_seconds": seconds}
 
     return body
 
@@ -570,12 +569,12 @@ def stage_validate(sizes: Sizes, data: dict, tokenizer_ckpt: str, ar_ckpt: str |
 
 
 def stage_rl(sizes: Sizes, tokenizer_ckpt: str, ar_ckpt: str,
-             budget: Budget | None = None) -> Callable[[Path], dict[str, Any]]:
+             budget: Budget) -> Callable[[Path], dict[str, Any]]:
     """Prefix-tuning GRPO (modules/rl) from the AR checkpoint, on training-split prompts (datamodules/prompts.py),
     rollouts at the evaluation's 64 px; `rl_steps` optimizer steps or `rl_minutes`, whichever ends first."""
 
     def body(stage_dir: Path) -> dict[str, Any]:
-        seconds = budget.seconds_for("rl", sizes.rl_minutes * 60) if budget is not None else int(sizes.rl_minutes * 60)
+        seconds = budget.seconds_for("rl", sizes.rl_minutes * 60)
         model = {"policy_ckpt": ar_ckpt, "tokenizer_ckpt": tokenizer_ckpt, "group_size": sizes.rl_group_size,
                  "image_size": 64, **(sizes.rl_overrides or {})}
         overlay = {"model": {"init_args": model},
@@ -583,13 +582,12 @@ def stage_rl(sizes: Sizes, tokenizer_ckpt: str, ar_ckpt: str,
                    "trainer": {"max_steps": sizes.rl_steps, "max_time": {"seconds": seconds},
                                "limit_val_batches": 0, "val_check_interval": None,
                                **_trainer_outputs(stage_dir, [])}}
-        (budget.fit if budget is not None else run_main)(
-            "fit", "--config", str(EXPERIMENTS / "rl_shapes_grpo.yaml"),
-            "--config", write_overlay(stage_dir / "overlay.yaml", overlay))
+        budget.fit("fit", "--config", str(EXPERIMENTS / "rl_shapes_grpo.yaml"),
+                   "--config", write_overlay(stage_dir / "overlay.yaml", overlay))
         from modules.common.metrics_csv import last_metrics
 
         last = last_metrics(stage_dir / "metrics.csv", prefix="train")
-        return {"checkpoint": str(stage_dir / "last.ckpt"), **_trained_steps(stage_dir), "budget_seconds": seconds,
+        return {"checkpoint": str(stage_dir / "last.ckpt"), **_last_logged_step(stage_dir), "budget_seconds": seconds,
                 **{k: last[k] for k in ("train/reward", "train/kl") if k in last}}
 
     return body
