@@ -177,19 +177,6 @@ def test_adaptive_gan_weight_balances_gradients_at_the_last_layer():
         sum(p.numel() for p in PatchDiscriminator(ch=64).parameters()) / 10  # disc_ch sizes it
 
 
-def test_warmup_cosine_schedule():
-    from modules.common.lr_schedule import warmup_cosine
-
-    f = warmup_cosine(10, 110, cosine=True, min_ratio=0.1)
-    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0) and f(10) == pytest.approx(1.0)
-    assert f(60) == pytest.approx(0.55) and f(110) == pytest.approx(0.1) and f(500) == pytest.approx(0.1)
-    assert all(f(s) >= f(s + 1) for s in range(10, 120))
-    flat = warmup_cosine(10, 110, cosine=False)
-    assert flat(5) == pytest.approx(0.6) and flat(100) == 1.0
-    with pytest.raises(ValueError, match="min_ratio"):
-        warmup_cosine(10, 100, min_ratio=1.5)
-
-
 def test_gradient_difference_charges_blur_not_flat_offsets():
     import torch.nn.functional as F
 

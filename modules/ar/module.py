@@ -23,7 +23,7 @@ from modules.ar.loss import ar_loss
 from modules.ar.model import ARDecoder
 from modules.common.sequence import IndexBatch, SequenceBuilder, Tokens, collate
 from modules.common.attention_mask import FLEX_BLOCK, flex_block_mask
-from modules.common.lr_schedule import warmup_cosine
+from modules.common.lr_schedule import trainer_schedule
 from modules.text import build_text_tokenizer
 
 
@@ -208,14 +208,9 @@ class ARModule(pl.LightningModule):
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": self.hparams.weight_decay},
                                  {"params": no_decay, "weight_decay": 0.0}], lr=self.hparams.lr,
                                 betas=tuple(self.hparams.betas))
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(
-            self.hparams.warmup_steps, self._total_steps(), self.hparams.lr_schedule == "cosine",
-            self.hparams.min_lr_ratio))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, trainer_schedule(
+            self._trainer, self.hparams.warmup_steps, self.hparams.lr_schedule == "cosine", self.hparams.min_lr_ratio))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-    def _total_steps(self) -> int:
-        trainer = self._trainer
-        return max(1, int(trainer.estimated_stepping_batches)) if trainer is not None else 1
 
     # ------------------------------------------------------------------ checkpoints
     def on_train_batch_start(self, batch, batch_idx) -> None:

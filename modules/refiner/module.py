@@ -24,7 +24,7 @@ from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMe
 
 from modules.common.checkpoints import load_checkpoint
 from modules.common.errors import ConfigError
-from modules.common.lr_schedule import warmup_cosine
+from modules.common.lr_schedule import trainer_schedule
 from modules.refiner.flow import Prediction, as_velocity, flow_matching_loss, guided, sample_flow
 from modules.refiner.net import RefinerConfig, RefinerNet
 
@@ -242,8 +242,7 @@ class RefinerModule(pl.LightningModule):
     # ------------------------------------------------------------------ optimisation and checkpoints
     def configure_optimizers(self):
         opt = torch.optim.AdamW(self.net.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1
-        factor = warmup_cosine(self.hparams.warmup_steps, total, self.hparams.lr_schedule == "cosine", 0.1)
+        factor = trainer_schedule(self._trainer, self.hparams.warmup_steps, self.hparams.lr_schedule == "cosine")
         return [opt], [{"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, factor), "interval": "step"}]
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -18,7 +18,7 @@ from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMe
 
 from modules.common.checkpoints import load_checkpoint
 from modules.common.errors import ConfigError
-from modules.common.lr_schedule import warmup_cosine
+from modules.common.lr_schedule import trainer_schedule
 from modules.tokenizer.branches import CNNDecoder, widen_decoder
 from modules.tokenizer.losses import (PatchDiscriminator, PerceptualLoss, adaptive_gan_weight, edge_weighted_l2,
                                       gradient_difference, hinge_d_loss, hinge_g_loss, pixel_l2, semantic_cos)
@@ -204,8 +204,7 @@ class TokenizerModule(pl.LightningModule):
         params = [p for p in self.tokenizer.parameters() if p.requires_grad]
         opt_g = torch.optim.AdamW(params, lr=self.hparams.lr, betas=self.hparams.betas,
                                   weight_decay=self.hparams.weight_decay)
-        total = max(1, int(self.trainer.estimated_stepping_batches)) if self.trainer else 1
-        factor = warmup_cosine(self.hparams.warmup_steps, total, self.hparams.lr_schedule == "cosine", 0.1)
+        factor = trainer_schedule(self._trainer, self.hparams.warmup_steps, self.hparams.lr_schedule == "cosine")
         sched = torch.optim.lr_scheduler.LambdaLR(opt_g, factor)
         if self.disc is None:
             return [opt_g], [sched]
