@@ -49,11 +49,10 @@ class Sizes:
     # (modules/common/devices.py; README, "Where it stands", has the measurement)
     ar_precision: str = "32-true"
     tokenizer_precision: str = "32-true"
-    # the whole quickstart's wall clock (None: no budget): the training fits share it, less
-    # `reserve_minutes` for everything else (`Budget`), so on a slow CPU they stop on time instead
-    # of on steps, and the record says where each stopped
+    # the whole quickstart's wall clock (None: no budget): the training fits share what the other
+    # stages leave of it (`Budget`), so on a slow CPU they stop on time instead of on steps, and the
+    # record says where each stopped
     budget_minutes: float | None = None
-    reserve_minutes: float = 11.0
     prompt_mix: float = 0.5  # fraction of the AR model's 64 px scenes that realise GenEval-template prompts
     min_object_px: int = 24  # smallest object side in the 64 px scenes (3 tokens of the patch-8 tokenizer)
     # prefix-tuning GRPO after the AR stage (configs/experiment/rl_shapes_grpo.yaml): optimizer steps
@@ -312,38 +311,51 @@ def _on_signal(signum, frame) -> None:
 # (README, "quickstart, end to end").
 TRAINING_WEIGHTS = {"tokenizer_stage1": 3.0, "tokenizer_stage2": 3.0, "tokenizer_stage3": 3.0, "ar_fit": 10.0,
                     "rl": 1.5}
+# Minutes each stage outside the training fits took on the slowest 2-core CPU measured (fp32, no
+# AVX-512; README, "quickstart, end to end"): the budget holds back what the stages still to run
+# will take, these minutes scaled by how fast the finished ones ran on this machine.
+OTHER_STAGE_MINUTES = {"world": 2.4, "geneval_ground_truth": 0.3, "tokenizer_val128": 1.2, "pretokenize": 1.8,
+                       "validate": 1.0, "validate_rl": 1.0, "validate_untrained": 1.1, "baselines": 0.3,
+                       "report": 0.2}
+MARGIN_MINUTES = 1.5  # process start-up, checkpoint writes, stages not in the table
 MIN_STAGE_SECONDS = 60  # a stage always trains this long, even past the budget
 
 
 @dataclass
 class Budget:
-    """The quickstart's wall clock: `minutes` in all, of which `reserve_minutes` go to everything
-    that is not a training fit (data, validation, pretokenising, reports) and the rest to the
-    training stages. Before each fit, `seconds_for` gives it its weight's share of the training
-    time not yet used among itself and the fits after it (capped by its own limit); `fit` runs it
-    and books what it took. With `minutes` None only the fits' own limits apply. Where steps end a fit first (a fast CPU), the time it leaves goes to the later
-    ones and nothing else changes; on a slower CPU every fit stops on time and records its steps."""
+    """The quickstart's wall clock: `minutes` in all, from when it starts. Before each training fit,
+    `seconds_for` gives it its weight's share of the time left among itself and the fits after it,
+    where the time left is the clock's remainder less a reserve for the other stages not yet run
+    (`OTHER_STAGE_MINUTES` scaled by this machine's speed on the ones in `log`, the quickstart's
+    stage records) and `MARGIN_MINUTES`; its own limit caps it. Where steps end a fit first (a fast
+    CPU), the time it leaves goes to the later ones and nothing else changes; on a slower CPU every
+    fit stops on time and records its steps. With `minutes` None only the fits' own limits apply."""
 
     minutes: float | None
-    reserve_minutes: float
-    trained_seconds: float = 0.0
+    log: list[dict] = field(default_factory=list)
+    started: float = field(default_factory=lambda: time.monotonic())
+
+    def speed(self) -> float:
+        """Seconds the finished other stages took here per second they took on the reference CPU
+        (1 before any has run; reused stages, which took no time, do not count)."""
+        ran = [row for row in self.log if row["stage"] in OTHER_STAGE_MINUTES and not row.get("reused")]
+        reference = sum(OTHER_STAGE_MINUTES[row["stage"]] * 60 for row in ran)
+        return min(2.0, max(0.25, sum(row.get("seconds", 0.0) for row in ran) / reference)) if reference else 1.0
+
+    def reserve_seconds(self) -> float:
+        """What the other stages not yet run will take on this machine, plus the margin."""
+        done = {row["stage"] for row in self.log}
+        todo = sum(m * 60 for name, m in OTHER_STAGE_MINUTES.items() if name not in done)
+        return todo * self.speed() + MARGIN_MINUTES * 60
 
     def seconds_for(self, stage: str, own_limit_seconds: float | None = None) -> int | None:
         if self.minutes is None:
             return None if own_limit_seconds is None else int(own_limit_seconds)
         names = list(TRAINING_WEIGHTS)
         later = sum(TRAINING_WEIGHTS[n] for n in names[names.index(stage):])
-        left = (self.minutes - self.reserve_minutes) * 60 - self.trained_seconds
+        left = self.minutes * 60 - (time.monotonic() - self.started) - self.reserve_seconds()
         share = max(MIN_STAGE_SECONDS, left * TRAINING_WEIGHTS[stage] / later)
         return int(share if own_limit_seconds is None else min(share, own_limit_seconds))
-
-    def fit(self, *args: str) -> None:
-        """`run_main(*args)` for a training fit, its wall time booked as training."""
-        start = time.monotonic()
-        try:
-            run_main(*args)
-        finally:
-            self.trained_seconds += time.monotonic() - start
 
 
 def _last_logged_step(stage_dir: Path) -> dict[str, Any]:
@@ -458,7 +470,7 @@ def stage_tokenizer(k: int, sizes: Sizes, world: dict, previous: str | None,
         if previous is not None:
             overlay["model"] = {"init_args": {"init_ckpt": previous}}
         config = str(EXPERIMENTS / f"tokenizer_shapes_stage{k}.yaml")
-        budget.fit("fit", "--config", config, "--config", write_overlay(stage_dir / "overlay.yaml", overlay))
+        run_main("fit", "--config", config, "--config", write_overlay(stage_dir / "overlay.yaml", overlay))
         metrics = _last_val_metrics(stage_dir)
         if "val/agreement" not in metrics:  # stopped on time before the validation at its last step
             metrics = _validate_tokenizer(stage_dir, config, world["val"], str(stage_dir / "last.ckpt"))
@@ -539,7 +551,7 @@ def stage_ar_fit(sizes: Sizes, data: dict, tokenizer_ckpt: str,
         seconds = budget.seconds_for("ar_fit", sizes.ar_minutes * 60)
         overlay = _ar_overlay(sizes, data, tokenizer_ckpt, stage_dir, [curriculum], seconds)
         overlay["trainer"]["precision"] = _precision(sizes.ar_precision)
-        budget.fit("fit", "--config", str(EXPERIMENTS / "ar_shapes_t2i.yaml"),
+        run_main("fit", "--config", str(EXPERIMENTS / "ar_shapes_t2i.yaml"),
                    "--config", write_overlay(stage_dir / "overlay.yaml", overlay))
         return {"checkpoint": str(stage_dir / "last.ckpt"), **_last_val_metrics(stage_dir),
                 **_last_logged_step(stage_dir), "budget_seconds": seconds}
@@ -582,7 +594,7 @@ def stage_rl(sizes: Sizes, tokenizer_ckpt: str, ar_ckpt: str,
                    "trainer": {"max_steps": sizes.rl_steps, "max_time": {"seconds": seconds},
                                "limit_val_batches": 0, "val_check_interval": None,
                                **_trainer_outputs(stage_dir, [])}}
-        budget.fit("fit", "--config", str(EXPERIMENTS / "rl_shapes_grpo.yaml"),
+        run_main("fit", "--config", str(EXPERIMENTS / "rl_shapes_grpo.yaml"),
                    "--config", write_overlay(stage_dir / "overlay.yaml", overlay))
         from modules.common.metrics_csv import last_metrics
 
@@ -778,7 +790,7 @@ def _run_unlocked(out: str, size: str, unified_steps: int | None = None,
     out_dir = Path(out).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     log: list[dict] = []
-    budget = Budget(sizes.budget_minutes, sizes.reserve_minutes)
+    budget = Budget(sizes.budget_minutes, log)
     world = run_stage("world", out_dir, stage_world(sizes), log)
     preview = run_stage("preview", out_dir, stage_preview(Path(world["train"]).parent), log)
     geneval_gt = run_stage("geneval_ground_truth", out_dir, stage_geneval_ground_truth(sizes), log)

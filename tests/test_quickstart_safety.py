@@ -150,28 +150,42 @@ def test_a_skipped_stage_is_decided_again_and_a_finished_one_reused(tmp_path):
     assert again["value"] == 1 and again["reused"] and calls == [True, False]
 
 
-def test_budget_shares_the_training_time_left_among_the_training_stages(monkeypatch):
-    """Each fit gets its weight's share of the training time not yet used (the budget less the
-    reserve for everything else) among itself and the fits after it; its own limit caps it; once
-    the training time is spent it still trains MIN_STAGE_SECONDS. `fit` books a fit's wall time."""
+def test_budget_shares_the_time_left_among_the_training_stages(monkeypatch):
+    """Each fit gets its weight's share of the clock's remainder, less a reserve for the other
+    stages still to run, among itself and the fits after it; its own limit caps it; once the time
+    is spent it still trains MIN_STAGE_SECONDS."""
     from commands import quickstart as qs
 
     now = [1000.0]
     monkeypatch.setattr(qs.time, "monotonic", lambda: now[0])
-    monkeypatch.setattr(qs, "run_main", lambda *args: now.__setitem__(0, now[0] + float(args[-1])))
-    budget = qs.Budget(minutes=28.0, reserve_minutes=11.0)
+    log: list[dict] = []
+    budget = qs.Budget(minutes=28.0, log=log)
+    reference = sum(qs.OTHER_STAGE_MINUTES.values()) * 60
+    assert budget.speed() == 1.0 and budget.reserve_seconds() == pytest.approx(reference + qs.MARGIN_MINUTES * 60)
     total = sum(qs.TRAINING_WEIGHTS.values())
+    left = 28 * 60 - reference - qs.MARGIN_MINUTES * 60
+    assert abs(budget.seconds_for("tokenizer_stage1") - left * qs.TRAINING_WEIGHTS["tokenizer_stage1"] / total) <= 1
+
+    # the world ran at half the reference time: the other stages are expected to, too
+    now[0] += 0.5 * qs.OTHER_STAGE_MINUTES["world"] * 60
+    log.append({"stage": "world", "seconds": 0.5 * qs.OTHER_STAGE_MINUTES["world"] * 60})
+    assert budget.speed() == pytest.approx(0.5)
+    rest = reference - qs.OTHER_STAGE_MINUTES["world"] * 60
+    assert budget.reserve_seconds() == pytest.approx(0.5 * rest + qs.MARGIN_MINUTES * 60)
     first = budget.seconds_for("tokenizer_stage1")
-    assert first == int(17 * 60 * qs.TRAINING_WEIGHTS["tokenizer_stage1"] / total)
-    budget.fit("fit", str(first))  # the fit used its share: the next gets the same share of the rest
-    second = budget.seconds_for("tokenizer_stage2")
-    assert abs(second - first) <= 1 and budget.trained_seconds == first
-    now[0] += 500  # time outside the fits (validation, data) comes out of the reserve, not the shares
-    budget.fit("fit", "60")  # stage 2's steps ran out early: its time goes to the fits after it
+    assert abs(first - (28 * 60 - 0.5 * reference - qs.MARGIN_MINUTES * 60)
+               * qs.TRAINING_WEIGHTS["tokenizer_stage1"] / total) <= 1
+    log.append({"stage": "tokenizer_stage1", "seconds": first})
+    now[0] += first                                    # the fit used its share: the next gets the same
+    assert abs(budget.seconds_for("tokenizer_stage2") - first) <= 1
+    log.append({"stage": "tokenizer_stage2", "seconds": 60})
+    now[0] += 60                                       # its steps ran out early: its time goes to the later fits
     assert budget.seconds_for("tokenizer_stage3") > first
     assert budget.seconds_for("ar_fit", own_limit_seconds=120) == 120  # the stage's own guard binds
-    budget.fit("fit", "3600")  # past the training time
+    log.append({"stage": "pretokenize", "seconds": 0.0, "reused": True})  # reused: done, not timed
+    assert budget.speed() == pytest.approx(0.5)
+    now[0] += 3600                                     # past the budget
     assert budget.seconds_for("rl") == qs.MIN_STAGE_SECONDS
     # no budget: only the stage's own limit
-    assert qs.Budget(minutes=None, reserve_minutes=11.0).seconds_for("ar_fit", 600) == 600
-    assert qs.Budget(minutes=None, reserve_minutes=11.0).seconds_for("tokenizer_stage1") is None
+    assert qs.Budget(minutes=None).seconds_for("ar_fit", 600) == 600
+    assert qs.Budget(minutes=None).seconds_for("tokenizer_stage1") is None
