@@ -143,12 +143,15 @@ class BenchmarkCallback(pl.Callback):
         """Every rank calls this (the generation is sharded); rank zero scores, logs and returns
         the metrics, the others return None."""
         scales = self.scale_check(pl_module, cfg, refuse=trainer.state.fn == "validate")
+        progress = {"step": trainer.global_step, "epoch": trainer.current_epoch}  # what the scored weights trained
+        if trainer.state.fn == "validate" and getattr(pl_module, "checkpoint_progress", None):
+            progress = pl_module.checkpoint_progress
         was_training = pl_module.training
         pl_module.eval()
         try:
             metrics = run_suite_sharded(self._generator(pl_module), self._root(trainer) / tag, cfg,
                                         rank=trainer.global_rank, world=trainer.world_size, all_gather=_all_gather,
-                                        extra={"step": trainer.global_step, "epoch": trainer.current_epoch, **scales})
+                                        extra={**progress, **scales})
         finally:
             pl_module.train(was_training)
         if metrics is None:

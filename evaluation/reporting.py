@@ -426,7 +426,8 @@ def seen_unseen(metrics: dict) -> dict[str, dict[str, Any]]:
 
 SETTING_NAMES = {"alpha": "α (scale reweighting, NF §4.3)", "untrained_scales": "scored on untrained scales",
                  "trained_scale_counts": "scale counts trained (scales: samples)",
-                 "untrained_scale_counts": "scale counts scored but never trained"}
+                 "untrained_scale_counts": "scale counts scored but never trained",
+                 "step": "optimizer steps of the scored weights"}
 
 
 def settings(metrics: dict) -> list[tuple[str, Any]]:

@@ -101,6 +101,7 @@ def test_validate_refuses_untrained_scales_and_another_tokenizer(tmp_path):
     metrics = validate(allow_untrained_scales=True)
     assert metrics["untrained_scales"] is True and metrics["untrained_scale_counts"] == [8]
     assert metrics["trained_scale_counts"] == {"3": 4} and metrics["geneval"]["images"] == 1
+    assert metrics["step"] == trainer.global_step > 0   # the checkpoint's steps, not the validate loop's 0
 
     save_tokenizer(tmp_path / "retrained.ckpt", seed=1)
     with pytest.raises(ValueError) as err:

@@ -88,6 +88,9 @@ class ARModule(pl.LightningModule):
         # generation can refuse scale counts the model never learned (modules/ar/sampler.py)
         self.trained_scale_counts: dict[int, int] = {}
         self.trained_tokenizer_fingerprint = self.tokenizer_fingerprint  # replaced by a checkpoint's
+        # {"step", "epoch"} of the checkpoint these weights came from (`validate` restores the
+        # weights, not the loops, so the trainer's global_step is 0 there); None: not loaded from one
+        self.checkpoint_progress: dict[str, int] | None = None
 
     @staticmethod
     def _load_codes(path: str) -> tuple[torch.Tensor, str]:
@@ -246,6 +249,8 @@ class ARModule(pl.LightningModule):
         self.trained_scale_counts = {int(n): int(k) for n, k in
                                      (checkpoint.get("ar_trained_scale_counts") or {}).items()}
         self.trained_tokenizer_fingerprint = checkpoint.get("ar_tokenizer_fingerprint")
+        self.checkpoint_progress = {"step": int(checkpoint.get("global_step", 0)),
+                                    "epoch": int(checkpoint.get("epoch", 0))}
 
 
 def batch_scale_counts(batch) -> dict[int, int]:
