@@ -552,7 +552,7 @@ def stage_ar_fit(sizes: Sizes, data: dict, tokenizer_ckpt: str,
         overlay = _ar_overlay(sizes, data, tokenizer_ckpt, stage_dir, [curriculum], seconds)
         overlay["trainer"]["precision"] = _precision(sizes.ar_precision)
         run_main("fit", "--config", str(EXPERIMENTS / "ar_shapes_t2i.yaml"),
-                   "--config", write_overlay(stage_dir / "overlay.yaml", overlay))
+                 "--config", write_overlay(stage_dir / "overlay.yaml", overlay))
         return {"checkpoint": str(stage_dir / "last.ckpt"), **_last_val_metrics(stage_dir),
                 **_last_logged_step(stage_dir), "budget_seconds": seconds}
 
@@ -595,7 +595,7 @@ def stage_rl(sizes: Sizes, tokenizer_ckpt: str, ar_ckpt: str,
                                "limit_val_batches": 0, "val_check_interval": None,
                                **_trainer_outputs(stage_dir, [])}}
         run_main("fit", "--config", str(EXPERIMENTS / "rl_shapes_grpo.yaml"),
-                   "--config", write_overlay(stage_dir / "overlay.yaml", overlay))
+                 "--config", write_overlay(stage_dir / "overlay.yaml", overlay))
         from modules.common.metrics_csv import last_metrics
 
         last = last_metrics(stage_dir / "metrics.csv", prefix="train")

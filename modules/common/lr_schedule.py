@@ -4,7 +4,8 @@ A schedule that decays over `max_steps` never decays in a run that a wall-clock 
 (Lightning's `max_time`, the quickstart's budget on a slow CPU): it trains at nearly its peak rate to
 the end. `trainer_schedule` therefore keys the decay to the larger of the two fractions used, steps
 and time, so a run stopped by either limit ends at the bottom of its schedule (the budget-aware
-schedule of Li et al. 2020, "Budgeted training", with a cosine shape).
+schedule of Li et al. 2020, "Budgeted training", with a cosine shape). Where the clock binds, the
+rates depend on how fast the machine ran, so such runs repeat only as far as their stopping step does.
 """
 from __future__ import annotations
 
